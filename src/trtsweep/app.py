@@ -1,0 +1,252 @@
+"""Glue between Hydra and the runner: plan a sweep, run one trial per job, record, summarise.
+
+Sweepers (grid: ``hydra_plugins/trtsweep_sweepers``; Optuna) call :func:`plan_sweep` before any
+work and :func:`start_sweep` / :func:`finish_sweep` around the jobs; every job calls
+:func:`run_job` (from ``sweep.py``).  So grid and search share every line below the sweeper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from trtsweep.config import TrialSpec, plan_trial, to_container, tracking_config
+from trtsweep.errors import ConfigError, TrtsweepError, one_line
+
+log = logging.getLogger("trtsweep")
+
+ENV_PARENT = "TRTSWEEP_PARENT_RUN_ID"
+ENV_TOTAL = "TRTSWEEP_TOTAL"
+ENV_BATCH_SIZES = "TRTSWEEP_BATCH_SIZES"
+ENV_SWEEP_DIR = "TRTSWEEP_SWEEP_DIR"
+ENV_OFFSET = "TRTSWEEP_INDEX_OFFSET"
+
+
+def job_config(cfg: Any) -> dict:
+    """The job's config without Hydra's own node, interpolations resolved."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], (DictConfig,)) else cfg[k]
+                for k in cfg if k != "hydra"}
+    return {k: v for k, v in dict(cfg).items() if k != "hydra"}
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One clear line for the user, then exit (the traceback, if any, is in the log)."""
+    print(f"trtsweep: error: {message}", file=sys.stderr, flush=True)
+    log.debug("error detail", exc_info=True)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class Plan:
+    specs: list[TrialSpec]
+    configs: list[dict]
+    batch_sizes: list[int]
+
+    @property
+    def skipped(self) -> list[TrialSpec]:
+        return [s for s in self.specs if s.skip_reason]
+
+
+def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
+    """Validate every job before the first trial. Invalid → ConfigError; unsupported → skip_reason."""
+    plain = [job_config(c) for c in configs]
+    batch_sizes = sorted({c.get("batch_size") for c in plain if isinstance(c.get("batch_size"), int)})
+    specs = []
+    for i, c in enumerate(plain):
+        try:
+            specs.append(plan_trial(c, batch_sizes))
+        except ConfigError as e:
+            raise ConfigError(f"{e}" + (f" (job #{i})" if len(plain) > 1 else "")) from None
+    if resolve_models:
+        _resolve_models(specs)
+    return Plan(specs, plain, batch_sizes)
+
+
+def _resolve_models(specs: list[TrialSpec]) -> None:
+    """Build/read each distinct model once, so a bad signature or dimension fails before any trial."""
+    from trtsweep import runner
+
+    seen = set()
+    for spec in specs:
+        key = json.dumps(spec.model_key(), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        log.info("resolving model %s", spec.model.name)
+        try:
+            runner.resolve_model(spec)
+        except runner.TrialFailure as f:
+            raise ConfigError(f.reason) from None
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class SweepContext:
+    sweep_dir: Path
+    parent_run_id: str | None
+    tracker: Any
+    started: float = field(default_factory=time.time)
+
+
+def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
+    return hashlib.sha256(json.dumps([name, sorted(arguments), extra]).encode()).hexdigest()[:16]
+
+
+def _tracker(cfg: dict):
+    tcfg = tracking_config(cfg)
+    if not tcfg.enabled:
+        return None
+    from trtsweep.tracking import Tracker
+
+    return Tracker(tcfg)
+
+
+def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
+                tags: dict | None = None) -> SweepContext:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tracker = None
+    parent = None
+    try:
+        tracker = _tracker(cfg)
+        if tracker is not None:
+            parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
+    except Exception as e:  # noqa: BLE001 - results still go to the cache and results.csv
+        log.error("MLflow unavailable, continuing without it: %s", one_line(e))
+        log.debug("MLflow error", exc_info=True)
+        tracker = None
+    os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
+    os.environ[ENV_TOTAL] = str(total)
+    os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
+    if parent:
+        os.environ[ENV_PARENT] = parent
+    else:
+        os.environ.pop(ENV_PARENT, None)
+    log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
+             f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
+    return SweepContext(sweep_dir, parent, tracker)
+
+
+def finish_sweep(ctx: SweepContext, print_summary: bool = True) -> "Any":
+    from trtsweep import report, runner
+
+    df = report.table(report.load_trial_records(ctx.sweep_dir))
+    paths = report.write(df, ctx.sweep_dir) if not df.empty else []
+    if print_summary and not df.empty:
+        print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df) + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}",
+              flush=True)
+    if ctx.tracker is not None and ctx.parent_run_id:
+        try:
+            counts = df.status.value_counts().to_dict() if not df.empty else {}
+            summary = {f"trials_{k}": v for k, v in counts.items()}
+            best = report.best_per_model(df)
+            if not best.empty:
+                b = best.sort_values("throughput_ips").iloc[-1]
+                summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
+            ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1])
+        except Exception as e:  # noqa: BLE001
+            log.error("could not finish the MLflow parent run: %s", one_line(e))
+    runner.pool().stop()
+    for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):
+        os.environ.pop(var, None)
+    return df
+
+
+# ---------------------------------------------------------------------------
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / total) if total else width
+    return "█" * filled + "░" * (width - filled)
+
+
+def _progress_line(index: int, total: int, spec: TrialSpec, result) -> str:
+    m = result.metrics
+    if result.status in ("ok", "accuracy_violation") and "latency_p50_ms" in m:
+        acc = m.get("accuracy")
+        outcome = (f"p50 {m['latency_p50_ms']:.3f} ms, {m['throughput_ips']:.1f} items/s, "
+                   f"agreement {m.get('top1_agreement', float('nan')):.3f}"
+                   + (f", accuracy {acc:.3f}" if acc is not None else "")
+                   + (" (cached)" if result.cached else ""))
+        if result.status == "accuracy_violation":
+            outcome += f" — ACCURACY VIOLATION: {result.reason}"
+    else:
+        outcome = f"{result.status.upper()}: {result.reason}"
+    return f"[{index}/{total}] {_bar(index, total)} {spec.label()} → {outcome}"
+
+
+def run_job(cfg: Any) -> dict:
+    """The Hydra task function body: one trial. Returns a plain dict (sweepers read it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from trtsweep import runner
+    from trtsweep.report import row
+
+    plain = job_config(cfg)
+    hc = HydraConfig.get()
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    batch_sizes = [int(b) for b in os.environ.get(ENV_BATCH_SIZES, "").split(",") if b]
+    try:
+        spec = plan_trial(plain, batch_sizes or None)
+    except ConfigError as e:
+        fail(str(e))
+    own_sweep = ENV_SWEEP_DIR not in os.environ
+    if own_sweep:  # a single run, or a sweeper that is not ours: this job is its own sweep
+        sweep_dir = Path(hc.runtime.output_dir)
+        try:
+            if not multirun:
+                _resolve_models([spec])
+        except ConfigError as e:
+            runner.pool().stop()
+            fail(str(e))
+        key = sweep_key(plain.get("name", "adhoc"), list(hc.overrides.task), str(sweep_dir) if multirun else "")
+        ctx = start_sweep(plain, sweep_dir, key, f"{plain.get('name', 'adhoc')}: {' '.join(hc.overrides.task)}"[:250],
+                          1, [spec.batch_size])
+    else:
+        ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None)
+        if ctx.parent_run_id:
+            try:
+                ctx.tracker = _tracker(plain)
+            except Exception as e:  # noqa: BLE001
+                log.error("MLflow unavailable: %s", one_line(e))
+    if multirun:
+        index = hc.job.num + 1 + int(os.environ.get(ENV_OFFSET, "0"))
+        total = int(os.environ.get(ENV_TOTAL, "1"))
+    else:
+        index = total = 1
+
+    result = runner.execute(spec)
+    if result.status == "failed" and result.traceback:
+        tb_path = Path(hc.runtime.output_dir) / "traceback.txt"
+        tb_path.parent.mkdir(parents=True, exist_ok=True)
+        tb_path.write_text(result.traceback)
+        result.reason = f"{result.reason} (traceback: {tb_path})"
+    if ctx.tracker is not None and ctx.parent_run_id:
+        try:
+            if ctx.parent_run_id not in result.mlflow_run_ids or not result.cached:
+                run_id = ctx.tracker.log_trial(ctx.parent_run_id, result, spec, plain)
+                result.mlflow_run_ids[ctx.parent_run_id] = run_id
+                if result.status != "skipped":
+                    runner.save_result(result, spec.cache_dir)
+        except Exception as e:  # noqa: BLE001 - the result is safe in the cache and results.csv
+            log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
+            log.debug("MLflow error", exc_info=True)
+    runner.atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json", result.to_dict())
+    log.info(_progress_line(index, total, spec, result))
+    if own_sweep:
+        finish_sweep(ctx, print_summary=True)
+    r = row(result.to_dict())
+    return {"status": result.status, "trial_key": result.trial_key, "reason": result.reason,
+            "metrics": dict(result.metrics), "mlflow_run_id": result.mlflow_run_ids.get(ctx.parent_run_id or "", ""),
+            "row": r}
+
+
+__all__ = ["plan_sweep", "start_sweep", "finish_sweep", "run_job", "sweep_key", "fail", "TrtsweepError"]

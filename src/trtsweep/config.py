@@ -1,0 +1,320 @@
+"""Typed config: the composed Hydra config is validated once into a :class:`TrialSpec`.
+
+Every invalid value fails here, before any work, with a :class:`ConfigError` whose message names the
+value and the fix.  Unsupported-but-valid combinations (``engine=tf precision=int8``) are not errors:
+:func:`plan_trial` returns a spec with ``skip_reason`` set and the runner records it as skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from trtsweep.engines.base import PRECISIONS, get_engine, make_params
+from trtsweep.errors import ConfigError
+
+MODEL_SOURCES = ("digits_cnn", "keras", "saved_model", "unsupported_op")
+DATA_SOURCES = ("digits", "sample_images", "random", "file")
+FAULTS = (None, "crash", "hang", "raise", "oom")
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    source: str
+    path: str | None = None
+    signature_key: str = "serving_default"
+    input_shapes: dict = field(default_factory=dict)  # input name -> full shape incl. batch (-1/None ok for batch)
+    input_size: int | None = None  # keras applications: square image side
+    application: str | None = None  # keras applications: class name in keras.applications
+    num_classes: int | None = None
+    input_range: list | None = None  # [low, high] that image data is scaled to
+    seed: int = 0
+    epochs: int = 12
+    default_data: str = "random"  # the data used when data=auto
+
+
+@dataclass
+class DataConfig:
+    name: str
+    calibration_samples: int = 128
+    eval_samples: int = 256
+    seed: int = 0
+    path: str | None = None
+
+
+@dataclass
+class MeasureConfig:
+    warmup_iters: int = 10
+    min_iters: int = 50
+    min_time_s: float = 1.0
+    repeats: int = 3
+    trim: float = 0.05
+    max_cv: float = 0.10
+
+
+@dataclass
+class FidelityConfig:
+    max_accuracy_drop: float = 0.01
+
+
+@dataclass
+class TrialConfig:
+    timeout_s: float = 900.0
+    max_memory_mb: int = 16000
+    reuse_worker: bool = True
+    fault: str | None = None  # test-only fault injection: crash | hang | raise | oom
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "trtsweep"
+    log_models: bool = True
+    enabled: bool = True
+
+
+@dataclass
+class TrialSpec:
+    """Everything a worker needs to run one trial; JSON-serialisable."""
+
+    model: ModelConfig
+    engine: str
+    engine_params: dict
+    precision: str
+    batch_size: int
+    data: DataConfig
+    measure: MeasureConfig
+    fidelity: FidelityConfig
+    trial: TrialConfig
+    cache_dir: str
+    force: bool = False
+    skip_reason: str | None = None
+    sweep_batch_sizes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: Mapping) -> "TrialSpec":
+        return TrialSpec(
+            model=ModelConfig(**d["model"]),
+            engine=d["engine"],
+            engine_params=dict(d["engine_params"]),
+            precision=d["precision"],
+            batch_size=d["batch_size"],
+            data=DataConfig(**d["data"]),
+            measure=MeasureConfig(**d["measure"]),
+            fidelity=FidelityConfig(**d["fidelity"]),
+            trial=TrialConfig(**d["trial"]),
+            cache_dir=d["cache_dir"],
+            force=d.get("force", False),
+            skip_reason=d.get("skip_reason"),
+            sweep_batch_sizes=list(d.get("sweep_batch_sizes") or []),
+        )
+
+    # identity ---------------------------------------------------------------
+    def model_key(self) -> dict:
+        m = dataclasses.asdict(self.model)
+        if self.model.path:
+            m["path"] = os.path.abspath(self.model.path)
+        return m
+
+    def conversion_key(self) -> str:
+        """Identifies the converted artifact: a batch-size or thread sweep reuses one conversion."""
+        eng = get_engine(self.engine)
+        params = eng.conversion_params(make_params(eng, self.engine_params))
+        calib = dataclasses.asdict(self.data) if eng.needs_calibration(self.precision, None) else None
+        if calib is not None:
+            calib.pop("eval_samples", None)
+        ident = {"model": self.model_key(), "engine": self.engine, "precision": self.precision,
+                 "params": params, "calibration": calib}
+        if self.engine == "tftrt":  # TF-TRT pre-builds engines for the batch sizes it will run
+            ident["batch_sizes"] = sorted(set(self.sweep_batch_sizes or [self.batch_size]))
+        return _digest(ident)
+
+    def trial_key(self) -> str:
+        """Identifies a measured result: same key, same measurement (the resume cache)."""
+        ident = {
+            "model": self.model_key(), "engine": self.engine, "params": self.engine_params,
+            "precision": self.precision, "batch_size": self.batch_size, "data": dataclasses.asdict(self.data),
+            "measure": dataclasses.asdict(self.measure), "fidelity": dataclasses.asdict(self.fidelity),
+            "fault": self.trial.fault,
+        }
+        return _digest(ident)
+
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.engine_params.items()))
+        return f"{self.model.name} {self.engine} {self.precision} bs={self.batch_size}" + (f" [{extra}]" if extra else "")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+def _structured(cls: type, values: Mapping[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a known setting; fix: use one of {', '.join(sorted(known))}")
+    try:
+        obj = cls(**dict(values))
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        t = f.type if isinstance(f.type, str) else str(f.type)
+        if v is None:
+            if "None" not in t:
+                raise ConfigError(f"{where}.{f.name} must be set (got null)")
+            continue
+        if t.startswith("int") and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ConfigError(f"{where}.{f.name}={v!r} must be an integer")
+        if t.startswith("float") and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise ConfigError(f"{where}.{f.name}={v!r} must be a number")
+        if t.startswith("bool") and not isinstance(v, bool):
+            raise ConfigError(f"{where}.{f.name}={v!r} must be true or false")
+    return obj
+
+
+def _positive(where: str, value: float, fix: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where}={value} is invalid: must be {bound}; fix: {fix}")
+
+
+def to_container(cfg: Any) -> dict:
+    """DictConfig (or mapping) -> plain dict with interpolations resolved."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpec:
+    """Validate one composed config into a TrialSpec. Raises ConfigError on invalid values."""
+    c = to_container(cfg)
+    for key in ("model", "engine", "precision", "data"):
+        if not isinstance(c.get(key), dict) or "name" not in c[key]:
+            raise ConfigError(f"config group '{key}' is missing; fix: pass {key}=<option> (see conf/{key}/)")
+
+    model = _structured(ModelConfig, c["model"], "model")
+    if model.source not in MODEL_SOURCES:
+        raise ConfigError(f"model.source={model.source} is unknown; fix: use one of {', '.join(MODEL_SOURCES)}")
+    if model.source == "saved_model":
+        if not model.path:
+            raise ConfigError("model=saved_model needs a path; fix: model.path=/path/to/savedmodel")
+        p = Path(model.path).expanduser()
+        if not p.is_dir():
+            raise ConfigError(f"model.path={model.path} does not exist; fix: point model.path to a SavedModel directory")
+        if not (p / "saved_model.pb").exists() and not (p / "saved_model.pbtxt").exists():
+            raise ConfigError(f"model.path={model.path} is not a SavedModel (no saved_model.pb); fix: export with tf.saved_model.save or model.export()")
+    if model.source == "keras" and not model.application:
+        raise ConfigError(f"model={model.name} needs model.application (a keras.applications class, e.g. MobileNetV2)")
+    if model.input_size is not None:
+        _positive("model.input_size", model.input_size, "model.input_size=224")
+    for name, shape in (model.input_shapes or {}).items():
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) or d is None for d in shape):
+            raise ConfigError(f"model.input_shapes.{name}={shape!r} must be a list of integers (batch dim may be -1)")
+
+    precision = c["precision"]["name"]
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision} is unknown; fix: use one of {', '.join(PRECISIONS)}")
+
+    engine_values = dict(c["engine"])
+    engine_name = engine_values.get("name")
+    eng = get_engine(str(engine_name))
+    params = make_params(eng, engine_values)
+
+    data = _structured(DataConfig, c["data"], "data")
+    if data.name == "auto":
+        data.name = model.default_data
+    if data.name not in DATA_SOURCES:
+        raise ConfigError(f"data={data.name} is unknown; fix: use one of {', '.join(DATA_SOURCES)}")
+    _positive("data.eval_samples", data.eval_samples, "data.eval_samples=256")
+    _positive("data.calibration_samples", data.calibration_samples, "data.calibration_samples=128", allow_zero=True)
+    if data.name == "file":
+        if not data.path or not Path(data.path).expanduser().exists():
+            raise ConfigError(f"data.path={data.path} does not exist; fix: data.path=/path/to/inputs.npz (or .npy, or an image directory)")
+
+    batch_size = c.get("batch_size")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is invalid: must be an integer ≥ 1; fix: batch_size=1")
+
+    measure = _structured(MeasureConfig, c.get("measure", {}), "measure")
+    _positive("measure.min_iters", measure.min_iters, "measure.min_iters=50")
+    _positive("measure.repeats", measure.repeats, "measure.repeats=3")
+    _positive("measure.warmup_iters", measure.warmup_iters, "measure.warmup_iters=10", allow_zero=True)
+    _positive("measure.min_time_s", measure.min_time_s, "measure.min_time_s=1.0", allow_zero=True)
+    if not 0 <= measure.trim < 0.5:
+        raise ConfigError(f"measure.trim={measure.trim} must be in [0, 0.5); fix: measure.trim=0.05")
+    fidelity = _structured(FidelityConfig, c.get("fidelity", {}), "fidelity")
+    if not 0 <= fidelity.max_accuracy_drop <= 1:
+        raise ConfigError(f"fidelity.max_accuracy_drop={fidelity.max_accuracy_drop} must be in [0, 1]")
+    trial = _structured(TrialConfig, c.get("trial", {}), "trial")
+    _positive("trial.timeout_s", trial.timeout_s, "trial.timeout_s=900")
+    if trial.fault not in FAULTS:
+        raise ConfigError(f"trial.fault={trial.fault} is unknown; fix: one of crash, hang, raise, oom (test only)")
+
+    cache_dir = str(Path(c.get("cache_dir") or "outputs/cache").expanduser().resolve())
+    spec = TrialSpec(
+        model=model, engine=eng.name, engine_params=dataclasses.asdict(params), precision=precision,
+        batch_size=batch_size, data=data, measure=measure, fidelity=fidelity, trial=trial,
+        cache_dir=cache_dir, force=bool(c.get("force", False)),
+        sweep_batch_sizes=sorted(set(sweep_batch_sizes or [batch_size])),
+    )
+    availability = eng.availability()
+    reason = eng.unsupported(precision, params)
+    if reason is None and not availability.available:
+        reason = availability.reason
+    if reason is None and eng.needs_calibration(precision, params) and data.calibration_samples == 0:
+        raise ConfigError(
+            f"precision={precision} with engine={eng.name} needs calibration data; fix: data.calibration_samples=128"
+        )
+    spec.skip_reason = reason
+    return spec
+
+
+def tracking_config(cfg: Any) -> TrackingConfig:
+    c = to_container(cfg)
+    return _structured(TrackingConfig, c.get("tracking", {}), "tracking")
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def mlflow_params(spec: TrialSpec, resolved: Mapping | None = None) -> dict[str, str]:
+    """Flattened config with plain ``model``/``engine``/``precision``/``batch_size`` and ``engine.<param>``."""
+    flat: dict[str, Any] = {}
+    if resolved:
+        flat.update(flatten({k: v for k, v in resolved.items() if k not in ("hydra",)}))
+    flat.pop("engine.name", None)
+    flat.pop("precision.name", None)
+    flat["model"] = spec.model.name
+    flat["engine"] = spec.engine
+    flat["precision"] = spec.precision
+    flat["batch_size"] = spec.batch_size
+    flat["data"] = spec.data.name
+    flat.pop("model.name", None)
+    flat.pop("data.name", None)
+    for k, v in spec.engine_params.items():
+        flat[f"engine.{k}"] = v
+    return {k: ("null" if v is None else str(v))[:6000] for k, v in flat.items()}

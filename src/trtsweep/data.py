@@ -1,0 +1,187 @@
+"""Data sources for calibration and evaluation, shaped from the model's signature.
+
+Each source yields a :class:`Dataset`: calibration inputs, evaluation inputs and (where the data has
+them and they match the model's classes) labels.  Everything ships with packages or is generated:
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trtsweep.config import DataConfig
+from trtsweep.engines.base import Batch, ModelInfo, TensorSpec
+from trtsweep.errors import ConfigError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+@dataclass
+class Dataset:
+    calibration: dict[str, np.ndarray]
+    evaluation: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    @property
+    def eval_count(self) -> int:
+        return len(next(iter(self.evaluation.values())))
+
+
+def load(cfg: DataConfig, model: ModelInfo) -> Dataset:
+    loader = {"digits": _digits, "sample_images": _sample_images, "random": _random, "file": _file}[cfg.name]
+    ds = loader(cfg, model)
+    for spec in model.inputs:
+        for part in (ds.calibration, ds.evaluation):
+            if spec.name in part:
+                part[spec.name] = part[spec.name].astype(spec.dtype, copy=False)
+    return ds
+
+
+def _image_input(model: ModelInfo, source: str) -> TensorSpec:
+    images = [t for t in model.inputs if len(t.shape) == 4]
+    if len(model.inputs) != 1 or not images:
+        raise ConfigError(
+            f"data={source} feeds one image input (NHWC), model={model.name} has inputs "
+            f"{[(t.name, list(t.shape)) for t in model.inputs]}; fix: data=random or data=file"
+        )
+    return images[0]
+
+
+def _scale(x01: np.ndarray, model: ModelInfo) -> np.ndarray:
+    lo, hi = model.input_range or (0.0, 1.0)
+    return (x01 * (hi - lo) + lo).astype(np.float32)
+
+
+def _resize(images: np.ndarray, h: int, w: int, c: int) -> np.ndarray:
+    """Resize NHWC float images in [0, 1] with PIL (bilinear) and match the channel count."""
+    from PIL import Image
+
+    if images.shape[1:3] != (h, w):
+        out = []
+        for img in images:
+            chans = [np.asarray(Image.fromarray(img[..., k]).resize((w, h), Image.BILINEAR)) for k in range(img.shape[-1])]
+            out.append(np.stack(chans, -1))
+        images = np.stack(out).astype(np.float32)
+    if images.shape[-1] != c:
+        images = images.mean(-1, keepdims=True) if c == 1 else np.repeat(images[..., :1], c, axis=-1)
+    return images
+
+
+def _take(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n rows, cycling (shuffled) if the source has fewer."""
+    idx = rng.permutation(len(x))
+    if n > len(idx):
+        idx = np.concatenate([idx] * (n // len(idx) + 1))
+    return x[idx[:n]]
+
+
+def _digits(cfg: DataConfig, model: ModelInfo) -> Dataset:
+    from trtsweep.models import digits_split
+
+    spec = _image_input(model, "digits")
+    x_train, x_test, y_train, y_test = digits_split(cfg.seed)
+    _, h, w, c = spec.shape
+    rng = np.random.default_rng(cfg.seed)
+    calib = _scale(_resize(_take(x_train, cfg.calibration_samples, rng), h, w, c), model) if cfg.calibration_samples else x_train[:0]
+    n = min(cfg.eval_samples, len(x_test))
+    evaluation = _scale(_resize(x_test[:n], h, w, c), model)
+    labels = y_test[:n] if model.num_classes == 10 else None
+    return Dataset({spec.name: calib}, {spec.name: evaluation}, labels)
+
+
+def _sample_images(cfg: DataConfig, model: ModelInfo) -> Dataset:
+    """Random crops of scikit-learn's two sample photos, resized to the model's input (no labels)."""
+    from sklearn.datasets import load_sample_images
+
+    spec = _image_input(model, "sample_images")
+    _, h, w, c = spec.shape
+    photos = [img.astype(np.float32) / 255.0 for img in load_sample_images().images]
+    rng = np.random.default_rng(cfg.seed)
+
+    def crops(n: int) -> np.ndarray:
+        out = []
+        for _ in range(n):
+            p = photos[rng.integers(len(photos))]
+            side = int(rng.uniform(0.3, 1.0) * min(p.shape[:2]))
+            y0 = rng.integers(0, p.shape[0] - side + 1)
+            x0 = rng.integers(0, p.shape[1] - side + 1)
+            crop = p[y0:y0 + side, x0:x0 + side]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            out.append(_resize(np.ascontiguousarray(crop[None]), h, w, c)[0])
+        return np.stack(out) if out else np.zeros((0, h, w, c), np.float32)
+
+    return Dataset({spec.name: _scale(crops(cfg.calibration_samples), model)},
+                   {spec.name: _scale(crops(cfg.eval_samples), model)})
+
+
+def _random_for(spec: TensorSpec, n: int, rng: np.random.Generator, model: ModelInfo) -> np.ndarray:
+    shape = (n,) + spec.concrete(1)[1:]
+    if np.issubdtype(np.dtype(spec.dtype), np.integer):
+        return rng.integers(0, 10, size=shape).astype(spec.dtype)
+    if spec.dtype == "bool":
+        return rng.random(shape) < 0.5
+    return _scale(rng.random(shape, dtype=np.float32), model)
+
+
+def _random(cfg: DataConfig, model: ModelInfo) -> Dataset:
+    rng = np.random.default_rng(cfg.seed)
+    calib = {t.name: _random_for(t, cfg.calibration_samples, rng, model) for t in model.inputs}
+    evaluation = {t.name: _random_for(t, cfg.eval_samples, rng, model) for t in model.inputs}
+    return Dataset(calib, evaluation)
+
+
+def _file(cfg: DataConfig, model: ModelInfo) -> Dataset:
+    """A user .npy (one input), .npz (arrays named like the inputs, optional 'labels') or image folder."""
+    path = Path(cfg.path or "").expanduser()
+    labels = None
+    if path.is_dir():
+        from PIL import Image
+
+        spec = _image_input(model, "file")
+        _, h, w, c = spec.shape
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"data.path={cfg.path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        imgs = np.stack([
+            _resize(np.asarray(Image.open(f).convert("RGB"), np.float32)[None] / 255.0, h, w, c)[0] for f in files
+        ])
+        arrays = {spec.name: _scale(imgs, model)}
+    elif path.suffix == ".npy":
+        if len(model.inputs) != 1:
+            raise ConfigError(f"data.path={cfg.path}: a .npy feeds one input, model={model.name} has {len(model.inputs)}; fix: an .npz named by input")
+        arrays = {model.inputs[0].name: np.load(path)}
+    elif path.suffix == ".npz":
+        z = np.load(path)
+        missing = [t.name for t in model.inputs if t.name not in z.files]
+        if missing:
+            raise ConfigError(f"data.path={cfg.path} lacks arrays for inputs {missing} (has {z.files}); fix: name arrays after the inputs")
+        arrays = {t.name: z[t.name] for t in model.inputs}
+        labels = z["labels"] if "labels" in z.files else None
+    else:
+        raise ConfigError(f"data.path={cfg.path}: expected .npy, .npz or an image directory")
+    for t in model.inputs:
+        want = t.concrete(1)[1:]
+        if tuple(arrays[t.name].shape[1:]) != want:
+            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {arrays[t.name].shape[1:]}, model wants {want}")
+    rng = np.random.default_rng(cfg.seed)
+    n = len(next(iter(arrays.values())))
+    calib_idx = _take(np.arange(n), cfg.calibration_samples, rng)
+    n_eval = min(cfg.eval_samples, n)
+    return Dataset({k: v[calib_idx] for k, v in arrays.items()}, {k: v[:n_eval] for k, v in arrays.items()},
+                   labels[:n_eval] if labels is not None else None)
+
+
+# ---- batching ----
+def batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[Batch]:
+    """Split into batches of exactly ``batch_size`` (the last one padded by wrapping around)."""
+    n = len(next(iter(arrays.values())))
+    out = []
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size) % n
+        out.append({k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()})
+    return out
+

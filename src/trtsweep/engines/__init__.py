@@ -1,0 +1,1 @@
+"""Engines: one module each (``trtsweep.engines.<name>``), discovered by name. See ``base``."""

@@ -1,0 +1,269 @@
+"""The one engine interface.
+
+An engine is a module ``trtsweep.engines.<name>`` that defines one subclass of :class:`Engine`
+(named in ``ENGINE``) plus a config file ``conf/engine/<name>.yaml``.  Nothing outside the engine
+module imports the engine's library, and the module itself imports it lazily (inside methods), so
+that planning a sweep never pays for importing TensorFlow, LiteRT or ONNX Runtime.
+
+Lifecycle inside a trial worker::
+
+    params = Engine.Params(**cfg)              # typed, validated (``validate``) at the entry
+    reason = Engine.unsupported(precision, params)   # None, or why the plan skips it
+    eng = Engine(params)
+    result = eng.convert(model, precision, calib, out_dir)   # artifact on disk + report
+    runner = eng.load(out_dir, model, batch_size)            # engine fully built here
+    prepared = runner.prepare(inputs)          # outside the timed loop
+    outputs = runner.run(prepared)             # the only thing inside the timed loop
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+import numpy as np
+
+from trtsweep.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8_dynamic")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model signature. ``shape`` uses ``None`` for dynamic dims."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def concrete(self, batch_size: int) -> tuple[int, ...]:
+        """Shape with the batch dimension set; raises if another dim is still unknown."""
+        dims = list(self.shape)
+        if dims and dims[0] is None:
+            dims[0] = batch_size
+        if any(d is None for d in dims):
+            raise ConfigError(
+                f"input '{self.name}' has an unknown dimension {self.shape}; "
+                f"fix: set model.input_shapes.{self.name}=[...] with every non-batch dimension"
+            )
+        return tuple(int(d) for d in dims)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @staticmethod
+    def from_dict(d: Mapping) -> "TensorSpec":
+        return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass
+class ModelInfo:
+    """A resolved model: a SavedModel on disk and its serving signature."""
+
+    name: str
+    path: str
+    signature_key: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    fingerprint: str
+    input_range: tuple[float, float] | None = None
+    num_classes: int | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["inputs"] = [t.to_dict() for t in self.inputs]
+        d["outputs"] = [t.to_dict() for t in self.outputs]
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping) -> "ModelInfo":
+        d = dict(d)
+        d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
+        d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
+        if d.get("input_range") is not None:
+            d["input_range"] = tuple(d["input_range"])
+        return ModelInfo(**d)
+
+
+Batch = dict  # input name -> np.ndarray
+
+
+@dataclass
+class CalibrationData:
+    """Representative batches for INT8 calibration, shaped from the model signature."""
+
+    batches: list[Batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
+class ConversionResult:
+    artifact: str  # path of the converted model (file or directory) inside the trial's artifact dir
+    convert_time_s: float
+    calibrate_time_s: float = 0.0
+    report: dict = field(default_factory=dict)  # engine-specific description (segments, ops left in TF...)
+    metrics: dict = field(default_factory=dict)  # engine-specific metrics, e.g. trt_segments
+
+
+class Runner(ABC):
+    """A loaded, fully built model at a fixed batch size."""
+
+    @abstractmethod
+    def prepare(self, batch: Batch) -> Any:
+        """Turn numpy inputs into whatever ``run`` consumes (done outside the timed loop)."""
+
+    @abstractmethod
+    def run(self, prepared: Any) -> list[np.ndarray]:
+        """Run one batch; returns host numpy outputs (copy to host is part of the call)."""
+
+    def to_float(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Outputs as real numbers (e.g. dequantised int8 outputs); used outside the timed loop."""
+        return outputs
+
+    def describe(self) -> dict:
+        """What actually runs (ops, delegates, providers...), logged with the trial."""
+        return {}
+
+    def close(self) -> None:  # pragma: no cover - default no-op
+        pass
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""  # one line when not available: why, and what to use instead
+    details: dict = field(default_factory=dict)
+
+
+def param_stage(stage: str) -> dict:
+    """Field metadata: ``convert`` params change the artifact, ``runtime`` params only how it runs."""
+    return {"stage": stage}
+
+
+class Engine(ABC):
+    #: short name used in config (``engine=<name>``) and in results
+    name: ClassVar[str]
+    #: precisions this engine can produce
+    precisions: ClassVar[tuple[str, ...]]
+    #: typed parameters (a dataclass); fields with ``metadata=param_stage("runtime")`` do not
+    #: change the converted artifact, so a sweep over them reuses one conversion
+    Params: ClassVar[type]
+    #: whether each trial needs TF thread env vars set before import (process-level settings)
+    process_env_params: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    # ---- planning (cheap: no heavy imports) ----
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    @classmethod
+    def validate(cls, params: Any) -> None:
+        """Raise ConfigError naming the field and the fix for an invalid value."""
+
+    @classmethod
+    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
+        """Why this combination cannot run (the plan skips it), or None."""
+        if precision not in cls.precisions:
+            return (
+                f"engine={cls.name} does not support precision={precision} "
+                f"(supported: {', '.join(cls.precisions)})"
+            )
+        return None
+
+    @classmethod
+    def conversion_params(cls, params: Any) -> dict:
+        return {
+            f.name: getattr(params, f.name)
+            for f in dataclasses.fields(params)
+            if f.metadata.get("stage", "convert") == "convert"
+        }
+
+    @classmethod
+    def process_env(cls, params: Any) -> dict[str, str]:
+        """Environment the worker process must have before importing the engine's library."""
+        return {}
+
+    @classmethod
+    def needs_calibration(cls, precision: str, params: Any) -> bool:
+        return precision == "int8"
+
+    @classmethod
+    def calibration_batch_size(cls, params: Any, batch_sizes: list[int]) -> int:
+        """Batch size of the calibration batches handed to ``convert`` (1: per-sample statistics)."""
+        return 1
+
+    # ---- work (inside the trial worker) ----
+    @abstractmethod
+    def convert(
+        self,
+        model: ModelInfo,
+        precision: str,
+        calibration: CalibrationData | None,
+        out_dir: Path,
+        batch_sizes: Iterable[int] = (1,),
+    ) -> ConversionResult:
+        """Convert ``model`` into ``out_dir`` (a fresh, empty directory)."""
+
+    @abstractmethod
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+        """Load and fully build the converted model for ``batch_size``."""
+
+
+# ---- registry: engines are discovered by module name, so adding one edits no list ----
+
+def engine_names() -> list[str]:
+    import trtsweep.engines as pkg
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name != "base"
+    )
+
+
+def get_engine(name: str) -> type[Engine]:
+    names = engine_names()
+    if name not in names:
+        raise ConfigError(f"engine={name} is unknown; fix: use one of {', '.join(names)}")
+    mod = importlib.import_module(f"trtsweep.engines.{name}")
+    return mod.ENGINE
+
+
+def make_params(engine: type[Engine], values: Mapping[str, Any]) -> Any:
+    """Build the engine's typed params from config values; unknown or mistyped keys fail clearly."""
+    values = {k: v for k, v in values.items() if k != "name"}
+    known = {f.name: f for f in dataclasses.fields(engine.Params)}
+    for k in values:
+        if k not in known:
+            raise ConfigError(
+                f"engine.{k} is not a parameter of engine={engine.name}; "
+                f"fix: use one of {', '.join(sorted(known)) or '(none)'}"
+            )
+    try:
+        params = engine.Params(**values)
+    except TypeError as e:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"engine={engine.name}: {e}") from None
+    for f in dataclasses.fields(params):
+        _check_type(engine.name, f, getattr(params, f.name))
+    engine.validate(params)
+    return params
+
+
+def _check_type(engine: str, f: dataclasses.Field, value: Any) -> None:
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    want: Callable[[Any], bool] | None = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+    }.get(typ)
+    if want is not None and not want(value):
+        raise ConfigError(f"engine.{f.name}={value!r} must be of type {typ} (engine={engine})")

@@ -1,0 +1,87 @@
+"""Native TensorFlow: the SavedModel's serving signature, called eagerly. The FP32 reference and
+the baseline every speed-up is stated against."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from trtsweep.engines.base import (CalibrationData, ConversionResult, Engine, ModelInfo, Runner,
+                                   param_stage)
+from trtsweep.errors import ConfigError
+
+
+@dataclass
+class TFParams:
+    jit_compile: bool = field(default=False, metadata=param_stage("runtime"))
+    intra_op_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 = TF default
+    inter_op_threads: int = field(default=0, metadata=param_stage("runtime"))
+
+
+class TFRunner(Runner):
+    def __init__(self, model: ModelInfo, jit_compile: bool):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._loaded = tf.saved_model.load(model.path)
+        sig = self._loaded.signatures[model.signature_key]
+        self._fn = tf.function(sig, jit_compile=True) if jit_compile else sig
+        self._out_names = [o.name for o in model.outputs]
+        self._jit = jit_compile
+
+    def prepare(self, batch: dict) -> dict:
+        return {k: self._tf.constant(v) for k, v in batch.items()}
+
+    def run(self, prepared: dict) -> list[np.ndarray]:
+        out = self._fn(**prepared)
+        return [out[n].numpy() for n in self._out_names]
+
+    def describe(self) -> dict:
+        return {"jit_compile": self._jit, "intra_op_threads": self._tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op_threads": self._tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+class TFEngine(Engine):
+    name = "tf"
+    precisions = ("fp32",)
+    Params = TFParams
+
+    @classmethod
+    def validate(cls, params: TFParams) -> None:
+        for f in ("intra_op_threads", "inter_op_threads"):
+            if getattr(params, f) < 0:
+                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = TensorFlow's default); fix: engine.{f}=0")
+
+    @classmethod
+    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
+        if precision != "fp32":
+            return (f"engine=tf runs the SavedModel as it is (fp32); precision={precision} needs a converting "
+                    f"engine (tflite, onnx, tftrt)")
+        return None
+
+    @classmethod
+    def process_env(cls, params: TFParams) -> dict[str, str]:
+        env = {}
+        if params.intra_op_threads:
+            env["TF_NUM_INTRAOP_THREADS"] = str(params.intra_op_threads)
+        if params.inter_op_threads:
+            env["TF_NUM_INTEROP_THREADS"] = str(params.inter_op_threads)
+        return env
+
+    def convert(self, model: ModelInfo, precision: str, calibration: CalibrationData | None, out_dir: Path,
+                batch_sizes: Iterable[int] = (1,)) -> ConversionResult:
+        t0 = time.perf_counter()
+        (out_dir / "SOURCE").write_text(model.path)  # nothing to convert: the artifact is the SavedModel
+        return ConversionResult(artifact=model.path, convert_time_s=time.perf_counter() - t0,
+                                report={"converted": "native TensorFlow, no conversion"},
+                                metrics={"converted_fraction": 1.0})
+
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+        return TFRunner(model, self.params.jit_compile)
+
+
+ENGINE = TFEngine

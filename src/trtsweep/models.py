@@ -1,0 +1,213 @@
+"""Model sources: each yields a SavedModel on disk plus its serving signature (a ModelInfo).
+
+Runs inside the trial worker (imports TensorFlow).  Generated models (``digits_cnn``, Keras
+applications with ``weights=None``, ``unsupported_op``) are built once, deterministically, and cached
+under ``<cache_dir>/models/<name>-<config hash>`` behind a file lock, so concurrent workers share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from trtsweep.config import ModelConfig
+from trtsweep.engines.base import ModelInfo, TensorSpec
+from trtsweep.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DIGITS_TEST_FRACTION = 0.3
+
+
+def digits_split(seed: int = 0):
+    """scikit-learn's 8x8 digits, scaled to [0, 1], with a fixed held-out split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    y = d.target.astype(np.int64)
+    return train_test_split(x, y, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=y)
+
+
+def resolve(cfg: ModelConfig, cache_dir: str | Path) -> ModelInfo:
+    """Build (or find in the cache) the model and read its signature."""
+    if cfg.source == "saved_model":
+        path = Path(cfg.path or "").expanduser().resolve()
+        if not path.is_dir():
+            raise ModelError(f"model.path={cfg.path} does not exist; fix: point model.path to a SavedModel directory")
+        fingerprint = _saved_model_fingerprint(path)
+    else:
+        path = _build_cached(cfg, Path(cache_dir))
+        fingerprint = _config_hash(cfg)
+    inputs, outputs = read_signature(path, cfg.signature_key, cfg.input_shapes, cfg.name)
+    num_classes = cfg.num_classes
+    if num_classes is None and outputs and len(outputs[0].shape) == 2 and outputs[0].shape[1]:
+        num_classes = int(outputs[0].shape[1])
+    return ModelInfo(
+        name=cfg.name, path=str(path), signature_key=cfg.signature_key, inputs=inputs, outputs=outputs,
+        fingerprint=fingerprint, input_range=tuple(cfg.input_range) if cfg.input_range else None,
+        num_classes=num_classes,
+    )
+
+
+def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # noqa: BLE001 - any load failure is the user's model
+        raise ModelError(f"model={name}: cannot load SavedModel at {path}: {str(e).splitlines()[0]}") from e
+    sigs = getattr(loaded, "signatures", {})
+    if key not in sigs:
+        avail = ", ".join(sorted(sigs)) or "none"
+        raise ModelError(
+            f"model={name}: SavedModel at {path} has no signature '{key}' (available: {avail}); "
+            f"fix: model.signature_key=<one of those>"
+        )
+    fn = sigs[key]
+    in_specs = fn.structured_input_signature[1]
+    out_specs = fn.structured_outputs
+    inputs = []
+    for iname in sorted(in_specs):
+        spec = in_specs[iname]
+        shape = tuple(None if d is None else int(d) for d in spec.shape.as_list()) if spec.shape.rank is not None else None
+        if iname in (overrides or {}):
+            ov = [None if (d is None or d < 0) else int(d) for d in overrides[iname]]
+            if shape is not None and len(ov) != len(shape):
+                raise ModelError(f"model.input_shapes.{iname}={overrides[iname]} has rank {len(ov)}, the signature has {shape}")
+            shape = tuple(ov)
+        if shape is None:
+            raise ModelError(f"model={name}: input '{iname}' has unknown rank; fix: model.input_shapes.{iname}=[-1, ...]")
+        unknown = [i for i, d in enumerate(shape) if d is None and i > 0]
+        if unknown:
+            raise ModelError(
+                f"model={name}: input '{iname}' has unknown dimension(s) {unknown} in shape {list(shape)}; "
+                f"fix: model.input_shapes.{iname}=[-1, ...] with every non-batch dimension set"
+            )
+        inputs.append(TensorSpec(iname, shape, spec.dtype.name))
+    for iname in overrides or {}:
+        if iname not in in_specs:
+            raise ModelError(f"model.input_shapes.{iname}: no such input (inputs: {', '.join(sorted(in_specs))})")
+    outputs = [
+        TensorSpec(oname, tuple(s.shape.as_list()) if s.shape.rank is not None else (), s.dtype.name)
+        for oname, s in sorted(out_specs.items())
+    ]
+    return inputs, outputs
+
+
+def _config_hash(cfg: ModelConfig) -> str:
+    d = dataclasses.asdict(cfg)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _saved_model_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for rel in ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index"):
+        f = path / rel
+        if f.exists():
+            h.update(rel.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _build_cached(cfg: ModelConfig, cache_dir: Path) -> Path:
+    from filelock import FileLock
+
+    root = cache_dir / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{cfg.name}-{_config_hash(cfg)}"
+    with FileLock(str(target) + ".lock"):
+        if (target / "saved_model.pb").exists():
+            return target
+        builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,
+                   "unsupported_op": build_unsupported_op}[cfg.source]
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=root))
+        try:
+            log.info("building model %s (once; cached in %s)", cfg.name, target)
+            builder(cfg, tmp / "m")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp / "m", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _seed(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def build_digits_cnn(cfg: ModelConfig, out: Path) -> None:
+    """A small CNN trained on scikit-learn's digits (seconds on a CPU, deterministic seed)."""
+    import keras
+
+    _seed(cfg.seed)
+    x_train, _x_test, y_train, _y_test = digits_split(cfg.seed)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1), name="image"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax", name="probs"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=cfg.epochs, batch_size=32, verbose=0, shuffle=True)
+    model.export(str(out), verbose=False)
+
+
+def build_keras_application(cfg: ModelConfig, out: Path) -> None:
+    """A keras.applications architecture with random weights (``weights=None``: nothing is downloaded)."""
+    import keras
+
+    _seed(cfg.seed)
+    cls = getattr(keras.applications, cfg.application or "", None)
+    if cls is None:
+        raise ModelError(f"model.application={cfg.application} is not in keras.applications; fix: e.g. MobileNetV2, ResNet50")
+    size = cfg.input_size or 224
+    model = cls(weights=None, input_shape=(size, size, 3), classes=cfg.num_classes or 1000)
+    model.export(str(out), verbose=False)
+
+
+def build_unsupported_op(cfg: ModelConfig, out: Path) -> None:
+    """A small conv net with an op no converter here takes natively (``MatrixInverse``) in the middle.
+
+    TF-TRT leaves it in TensorFlow between two TensorRT segments; TFLite can keep it only as a
+    SELECT_TF_OPS (Flex) op; tf2onnx has no ONNX mapping for it.  The engines' reports say what
+    fraction of the model was converted and which op types were left behind.
+    """
+    import tensorflow as tf
+
+    _seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = tf.Variable(rng.normal(0, 0.3, (3, 3, 1, 8)).astype(np.float32))
+            self.w2 = tf.Variable(rng.normal(0, 0.3, (3, 3, 1, 8)).astype(np.float32))
+            self.wd = tf.Variable(rng.normal(0, 0.1, (8 * 8 * 8, 10)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="image")])
+        def serve(self, image):
+            h = tf.nn.relu(tf.nn.conv2d(image, self.w1, 1, "SAME"))
+            m = tf.reduce_mean(h, axis=-1) + 8.0 * tf.eye(8)  # well conditioned
+            inv = tf.linalg.inv(m)[..., None]  # MatrixInverse: the unsupported op
+            h = tf.nn.relu(tf.nn.conv2d(inv * 8.0, self.w2, 1, "SAME"))
+            logits = tf.matmul(tf.reshape(h, [-1, 8 * 8 * 8]), self.wd)
+            return {"probs": tf.nn.softmax(logits)}
+
+    m = M()
+    tf.saved_model.save(m, str(out), signatures={"serving_default": m.serve})

@@ -1,0 +1,236 @@
+"""Runs one trial, isolated: result cache first, then a worker process with a timeout and memory cap.
+
+A crash, hang or OOM of the worker becomes a ``failed`` result and a fresh worker serves the next
+trial.  Results are written atomically to ``<cache_dir>/results/<trial_key>.json`` before anything
+else (MLflow, tables), so a measured result is never lost; re-running skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtsweep.config import TrialSpec
+from trtsweep.engines.base import get_engine, make_params
+
+log = logging.getLogger(__name__)
+
+DONE_STATUSES = ("ok", "accuracy_violation")
+
+
+@dataclass
+class TrialResult:
+    trial_key: str
+    status: str  # ok | skipped | failed | accuracy_violation
+    spec: dict
+    metrics: dict = field(default_factory=dict)
+    reason: str | None = None
+    report: dict = field(default_factory=dict)
+    host: dict = field(default_factory=dict)
+    artifact: str | None = None
+    traceback: str | None = None
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    mlflow_run_ids: dict = field(default_factory=dict)  # parent run id -> child run id
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "TrialResult":
+        return TrialResult(**d)
+
+
+class TrialFailure(Exception):
+    def __init__(self, reason: str, tb: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.traceback = tb
+
+
+# ---------------------------------------------------------------------------
+class WorkerPool:
+    """One worker process at a time, restarted when it dies or needs another environment."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.conn: Any = None
+        self.env: dict[str, str] | None = None
+
+    def _start(self, env: dict[str, str]) -> None:
+        from trtsweep import worker
+
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker.serve, args=(child, env), daemon=True, name="trtsweep-worker")
+        self.proc.start()
+        child.close()
+        self.conn, self.env = parent, dict(env)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                if self.proc.is_alive():
+                    self.conn.send(("stop", None))
+                    self.proc.join(5)
+            except (OSError, BrokenPipeError):
+                pass
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(5)
+        self.proc = self.conn = self.env = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.proc = self.conn = self.env = None
+
+    def call(self, kind: str, payload: Any, env: dict[str, str], timeout_s: float, max_memory_mb: float) -> Any:
+        if self.proc is None or not self.proc.is_alive() or self.env != env:
+            self.stop()
+            self._start(env)
+        try:
+            self.conn.send((kind, payload))
+        except (OSError, BrokenPipeError) as e:
+            self.kill()
+            raise TrialFailure(f"worker unreachable: {e}") from None
+        deadline = time.monotonic() + timeout_s
+        import psutil
+
+        ps = psutil.Process(self.proc.pid)
+        while True:
+            if self.conn.poll(0.2):
+                try:
+                    msg = self.conn.recv()
+                except (EOFError, OSError):
+                    msg = None
+                if msg is not None:
+                    if msg[0] == "ok":
+                        return msg[1]
+                    raise TrialFailure(msg[1], msg[2])
+            if not self.proc.is_alive():
+                code = self.proc.exitcode
+                self.kill()
+                raise TrialFailure(_describe_exit(code))
+            try:
+                rss_mb = ps.memory_info().rss / 2**20
+            except psutil.Error:
+                rss_mb = 0.0
+            if max_memory_mb and rss_mb > max_memory_mb:
+                self.kill()
+                raise TrialFailure(f"out of memory: worker used {rss_mb:.0f} MB > trial.max_memory_mb={max_memory_mb}; "
+                                   f"fix: a smaller batch_size or a larger trial.max_memory_mb")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TrialFailure(f"timed out after {timeout_s:.0f} s (trial.timeout_s); the worker was killed")
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (killed: probably out of memory)" if name == "SIGKILL" else ""
+        return f"worker crashed with {name}{hint}"
+    return f"worker exited unexpectedly with code {code}"
+
+
+_POOL: WorkerPool | None = None
+
+
+def pool() -> WorkerPool:
+    global _POOL
+    if _POOL is None:
+        _POOL = WorkerPool()
+        import atexit
+
+        atexit.register(_POOL.stop)
+    return _POOL
+
+
+# ---------------------------------------------------------------------------
+def _results_dir(cache_dir: str) -> Path:
+    p = Path(cache_dir) / "results"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_cached(spec: TrialSpec) -> TrialResult | None:
+    path = _results_dir(spec.cache_dir) / f"{spec.trial_key()}.json"
+    if not path.exists():
+        return None
+    try:
+        return TrialResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
+def save_result(result: TrialResult, cache_dir: str) -> None:
+    atomic_write_json(_results_dir(cache_dir) / f"{result.trial_key}.json", result.to_dict())
+
+
+def worker_env(spec: TrialSpec) -> dict[str, str]:
+    eng = get_engine(spec.engine)
+    return eng.process_env(make_params(eng, spec.engine_params))
+
+
+def execute(spec: TrialSpec) -> TrialResult:
+    """Run one trial (or return its cached result). Never raises for a trial's own failure."""
+    key = spec.trial_key()
+    if spec.skip_reason:
+        now = time.time()
+        return TrialResult(key, "skipped", spec.to_dict(), reason=spec.skip_reason, started_at=now, ended_at=now)
+    if not spec.force:
+        cached = load_cached(spec)
+        if cached is not None and cached.status in DONE_STATUSES:
+            cached.cached = True
+            return cached
+    started = time.time()
+    p = pool()
+    try:
+        out = p.call("trial", {"spec": spec.to_dict()}, worker_env(spec), spec.trial.timeout_s, spec.trial.max_memory_mb)
+    except TrialFailure as f:
+        result = TrialResult(key, "failed", spec.to_dict(), reason=f.reason, traceback=f.traceback,
+                             started_at=started, ended_at=time.time())
+    else:
+        result = TrialResult(key, "ok", spec.to_dict(), metrics=out["metrics"], report=out["report"], host=out["host"],
+                             artifact=out["artifact"], started_at=started, ended_at=time.time())
+        drop = result.metrics.get("accuracy_drop")
+        if drop is not None and drop > spec.fidelity.max_accuracy_drop:
+            result.status = "accuracy_violation"
+            result.reason = (f"accuracy_drop={drop:.4f} > fidelity.max_accuracy_drop={spec.fidelity.max_accuracy_drop}")
+    finally:
+        if not spec.trial.reuse_worker:
+            p.stop()
+    previous = load_cached(spec)
+    if previous is not None:  # keep the MLflow links of an earlier attempt (the child run is reused)
+        result.mlflow_run_ids = previous.mlflow_run_ids
+    save_result(result, spec.cache_dir)
+    return result
+
+
+def resolve_model(spec: TrialSpec) -> dict:
+    """Resolve a model in the worker (builds generated models once); raises TrialFailure with one line."""
+    return pool().call("resolve", {"model": asdict(spec.model), "cache_dir": spec.cache_dir}, worker_env(spec),
+                       spec.trial.timeout_s, spec.trial.max_memory_mb)

@@ -1,0 +1,175 @@
+"""The only module that talks to MLflow.
+
+One experiment per sweep name, one parent run per sweep (identified by a sweep key, so a resumed
+sweep reuses its parent), one child run per trial (identified by the trial key under that parent,
+so re-logging a trial updates its run instead of duplicating it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "trtsweep.sweep_key"
+TRIAL_TAG = "trtsweep.trial_key"
+ROLE_TAG = "trtsweep.role"
+MLFLOW_STATUS = {"ok": "FINISHED", "accuracy_violation": "FINISHED", "skipped": "FINISHED", "failed": "FAILED"}
+
+
+def resolve_uri(uri: str | None) -> str:
+    """Explicit ``tracking.uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db`` in the current directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+class Tracker:
+    def __init__(self, cfg: TrackingConfig):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        self.cfg = cfg
+        self.uri = resolve_uri(cfg.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment(cfg.experiment)
+
+    def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
+            db_dir = Path(self.uri.split("///", 1)[1]).parent if self.uri.startswith("sqlite:") else Path.cwd()
+            location = (db_dir / "mlartifacts").resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created concurrently by another worker
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    # ---- parent ----
+    def parent_run(self, sweep_key: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+        """Get or create the sweep's parent run. Concurrent creators converge on the oldest one."""
+        found = self._find(f"tags.`{PARENT_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'parent'")
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={PARENT_TAG: sweep_key, ROLE_TAG: "parent", **(tags or {})})
+        found = self._find(f"tags.`{PARENT_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'parent'")
+        winner = found[0].info.run_id if found else run.info.run_id
+        if winner != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return winner
+
+    def _find(self, filter_string: str) -> list:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=50,
+                                       order_by=["attributes.start_time ASC"])
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def finish_parent(self, run_id: str, summary: dict[str, Any] | None = None, files: list[Path] | None = None,
+                      status: str = "FINISHED") -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000)
+        if summary:
+            metrics = [Metric(k, float(v), ts, 0) for k, v in summary.items() if isinstance(v, (int, float))]
+            tags = [RunTag(f"summary.{k}", str(v)[:5000]) for k, v in summary.items() if not isinstance(v, (int, float))]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        for f in files or []:
+            if Path(f).exists():
+                self.client.log_artifact(run_id, str(f))
+        self.client.set_terminated(run_id, status=status)
+
+    def tag(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    # ---- child ----
+    def log_trial(self, parent_id: str, result, spec: TrialSpec, resolved_cfg: dict | None = None,
+                  extra_tags: dict[str, Any] | None = None) -> str:
+        """Create (or update, if this trial already has a run under this parent) the trial's child run."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id = result.mlflow_run_ids.get(parent_id)
+        existing_params: dict[str, str] = {}
+        if run_id:
+            try:
+                existing_params = self.client.get_run(run_id).data.params
+            except Exception:  # noqa: BLE001 - deleted or from another store
+                run_id = None
+        if not run_id:
+            found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+            if found:
+                run_id = found[0].info.run_id
+                existing_params = found[0].data.params
+        if not run_id:
+            run = self.client.create_run(self.experiment_id, run_name=_run_name(spec),
+                                         start_time=int(result.started_at * 1000),
+                                         tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: result.trial_key,
+                                               ROLE_TAG: "trial"})
+            run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        ts = int((result.ended_at or time.time()) * 1000)
+        params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
+        tags = {"status": result.status, "cached": str(result.cached).lower(), **(result.host or {}),
+                **(extra_tags or {})}
+        if result.reason:
+            tags["reason"] = result.reason
+        metrics = [Metric(k, float(v), ts, 0) for k, v in result.metrics.items()
+                   if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+        param_list = [Param(k, v) for k, v in params.items()]
+        tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, max(len(param_list), len(metrics), 1), 100):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 100], params=param_list[i:i + 100],
+                                  tags=tag_list if i == 0 else [])
+        self._log_artifacts(run_id, result, spec, resolved_cfg)
+        self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status], end_time=ts)
+        return run_id
+
+    def _log_artifacts(self, run_id: str, result, spec: TrialSpec, resolved_cfg: dict | None) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            report = Path(d) / "trial_report.json"
+            report.write_text(json.dumps({k: v for k, v in result.to_dict().items() if k != "traceback"},
+                                         indent=1, default=str))
+            self.client.log_artifact(run_id, str(report))
+            if resolved_cfg is not None:
+                import yaml
+
+                cfg_path = Path(d) / "config.yaml"
+                cfg_path.write_text(yaml.safe_dump(resolved_cfg, sort_keys=False))
+                self.client.log_artifact(run_id, str(cfg_path))
+            if result.traceback:
+                tb = Path(d) / "traceback.txt"
+                tb.write_text(result.traceback)
+                self.client.log_artifact(run_id, str(tb))
+        art = Path(result.artifact) if result.artifact else None
+        if (self.cfg.log_models and art is not None and art.exists() and result.status != "failed"
+                and spec.engine != "tf"):  # engine=tf: the artifact is the user's own SavedModel
+            if art.is_dir():
+                self.client.log_artifacts(run_id, str(art), artifact_path="model")
+            else:
+                self.client.log_artifact(run_id, str(art), artifact_path="model")
+
+
+def _run_name(spec: TrialSpec) -> str:
+    return f"{spec.model.name}/{spec.engine}/{spec.precision}/bs{spec.batch_size}"

@@ -1,0 +1,237 @@
+"""The trial worker: a child process that imports TensorFlow and the engines, and runs trials.
+
+The parent (``runner.WorkerPool``) sends requests over a pipe and enforces the timeout and memory
+cap; a crash, hang or OOM here kills only this process.  The worker is reused across trials that
+need the same process environment (thread env vars), so TensorFlow is imported once per sweep,
+and models, data and reference outputs are cached in memory and on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("trtsweep.worker")
+
+_models: dict[str, Any] = {}
+_datasets: dict[str, Any] = {}
+_refs: dict[str, np.ndarray] = {}
+
+
+def serve(conn, env: dict[str, str]) -> None:
+    """Entry point of the child process."""
+    os.environ.update(env)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  [worker] %(message)s")
+    for noisy in ("absl", "tensorflow", "tf2onnx", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if kind == "stop":
+            return
+        try:
+            handler = {"trial": run_trial, "resolve": resolve_model}[kind]
+            conn.send(("ok", handler(payload)))
+        except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
+            from trtsweep.errors import one_line
+
+            conn.send(("error", one_line(e), traceback.format_exc()))
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                return
+
+
+# ---------------------------------------------------------------------------
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_model(payload: dict):
+    from trtsweep import models
+    from trtsweep.config import ModelConfig
+
+    cfg = ModelConfig(**payload["model"])
+    k = _key(payload)
+    if k not in _models:
+        _models[k] = models.resolve(cfg, payload["cache_dir"])
+    return _models[k].to_dict()
+
+
+def _dataset(spec, model):
+    from trtsweep import data
+
+    k = _key([model.fingerprint, spec.data.__dict__])
+    if k not in _datasets:
+        _datasets[k] = data.load(spec.data, model)
+    return _datasets[k]
+
+
+def _reference(spec, model, ds) -> np.ndarray:
+    """Native TF FP32 first output over the evaluation set (memory + disk cache)."""
+    from trtsweep.data import batches
+    from trtsweep.engines.tf import TFRunner
+
+    k = _key([model.fingerprint, model.signature_key, spec.data.__dict__])
+    if k in _refs:
+        return _refs[k]
+    path = Path(spec.cache_dir) / "reference" / f"{model.name}-{k}.npy"
+    if path.exists():
+        _refs[k] = np.load(path)
+        return _refs[k]
+    runner = TFRunner(model, jit_compile=False)
+    bs = 32 if model.inputs[0].shape[0] is None else int(model.inputs[0].shape[0])
+    outs = [runner.run(runner.prepare(b))[0] for b in batches(ds.evaluation, bs)]
+    ref = np.concatenate(outs)[: ds.eval_count]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(path, ref)
+    _refs[k] = ref
+    return ref
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux ≥ 4.0: writing 5 resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _size_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def _inject(fault: str | None) -> None:
+    if fault == "crash":
+        os.abort()
+    if fault == "hang":
+        time.sleep(10**6)
+    if fault == "raise":
+        raise RuntimeError("injected failure (trial.fault=raise)")
+    if fault == "oom":
+        hog = []
+        while True:
+            hog.append(np.ones(64 * 2**20, np.uint8))
+
+
+def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
+    """Convert once per conversion key; later trials (other batch sizes, threads) reuse the artifact."""
+    from filelock import FileLock
+
+    from trtsweep.calibration import calibration_data
+
+    root = Path(spec.cache_dir) / "artifacts" / spec.engine
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / spec.conversion_key()
+    meta_path = target / "conversion.json"
+    with FileLock(str(target) + ".lock"):
+        if meta_path.exists() and not spec.force:
+            meta = json.loads(meta_path.read_text())
+            meta["conversion_cached"] = True
+            return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"]), meta
+        calib = None
+        if engine.needs_calibration(spec.precision, engine.params):
+            calib = calibration_data(ds, engine.calibration_batch_size(engine.params, spec.sweep_batch_sizes))
+            log.info("calibrating on %d batches", len(calib))
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=root))
+        try:
+            log.info("converting %s -> %s %s", model.name, spec.engine, spec.precision)
+            res = engine.convert(model, spec.precision, calib, tmp, spec.sweep_batch_sizes)
+            art = Path(res.artifact)
+            inside = tmp in art.parents
+            meta = {"artifact_name": str(art.relative_to(tmp)) if inside else "", "artifact": str(art),
+                    "convert_time_s": res.convert_time_s, "calibrate_time_s": res.calibrate_time_s,
+                    "report": res.report, "metrics": res.metrics, "conversion_key": target.name}
+            (tmp / "conversion.json").write_text(json.dumps(meta, indent=1, default=str))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta["conversion_cached"] = False
+    return (target / meta["artifact_name"]) if meta["artifact_name"] else Path(meta["artifact"]), meta
+
+
+def run_trial(payload: dict) -> dict:
+    from trtsweep.config import TrialSpec
+    from trtsweep.data import batches
+    from trtsweep.engines.base import get_engine, make_params, ModelInfo
+    from trtsweep.fidelity import compare
+    from trtsweep.host import host_facts
+    from trtsweep.measure import measure
+
+    spec = TrialSpec.from_dict(payload["spec"])
+    _reset_peak_rss()
+    t_start = time.time()
+    _inject(spec.trial.fault)
+    model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
+    ds = _dataset(spec, model)
+    reference = _reference(spec, model, ds)
+    eng_cls = get_engine(spec.engine)
+    engine = eng_cls(make_params(eng_cls, spec.engine_params))
+
+    artifact, conv = convert_cached(spec, engine, model, ds)
+    t0 = time.perf_counter()
+    runner = engine.load(artifact, model, spec.precision, spec.batch_size)
+    load_s = time.perf_counter() - t0
+    try:
+        eval_batches = batches(ds.evaluation, spec.batch_size)
+        prepared = runner.prepare(eval_batches[0])
+        log.info("measuring %s (warm-up %d, ≥%d iters and ≥%.1fs, ×%d)", spec.label(), spec.measure.warmup_iters,
+                 spec.measure.min_iters, spec.measure.min_time_s, spec.measure.repeats)
+        m = measure(runner.run, prepared, spec.batch_size, spec.measure)
+        outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
+        out = np.concatenate(outs)[: ds.eval_count]
+        fidelity = compare(out, reference, ds.labels)
+        describe = runner.describe()
+    finally:
+        runner.close()
+    metrics = {
+        **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
+        "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
+        "load_time_s": load_s, "model_size_mb": _size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
+        "eval_samples": float(ds.eval_count),
+    }
+    return {
+        "metrics": metrics,
+        "report": {"conversion": conv["report"], "runtime": describe, "model": model.to_dict(),
+                   "conversion_cached": conv["conversion_cached"], "repeat_means_ms": m.repeat_means_ms},
+        "artifact": str(artifact),
+        "host": host_facts(),
+        "started_at": t_start,
+        "conversion_cached": conv["conversion_cached"],
+    }
