@@ -149,7 +149,10 @@ class TrialSpec:
         return _digest(ident)
 
     def label(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in sorted(self.engine_params.items()))
+        """Short description: engine params only where they differ from the engine's defaults."""
+        eng = get_engine(self.engine)
+        defaults = dataclasses.asdict(eng.Params())
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.engine_params.items()) if defaults.get(k) != v)
         return f"{self.model.name} {self.engine} {self.precision} bs={self.batch_size}" + (f" [{extra}]" if extra else "")
 
 

@@ -111,6 +111,11 @@ def load_trial_records(out_dir: Path) -> list[dict]:
     return recs
 
 
+def _plain(v):
+    """1.0 -> 1 (pandas turns int columns with gaps into floats)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def summary_text(df: pd.DataFrame) -> str:
     if df.empty:
         return "no trials"
@@ -120,7 +125,7 @@ def summary_text(df: pd.DataFrame) -> str:
     if best.empty:
         lines.append("no trial passed the accuracy check")
     for _, r in best.iterrows():
-        params = ", ".join(f"{c[7:]}={r[c]}" for c in best.columns if c.startswith("engine.") and pd.notna(r[c]))
+        params = ", ".join(f"{c[7:]}={_plain(r[c])}" for c in best.columns if c.startswith("engine.") and pd.notna(r[c]))
         sp = r.get("speedup_vs_tf_fp32")
         sp_txt = f", {sp:.2f}x vs tf fp32" if pd.notna(sp) else " (no engine=tf precision=fp32 trial at this batch size)"
         lines.append(

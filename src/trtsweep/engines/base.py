@@ -11,7 +11,7 @@ Lifecycle inside a trial worker::
     reason = Engine.unsupported(precision, params)   # None, or why the plan skips it
     eng = Engine(params)
     result = eng.convert(model, precision, calib, out_dir)   # artifact on disk + report
-    runner = eng.load(out_dir, model, batch_size)            # engine fully built here
+    runner = eng.load(result.artifact, model, precision, batch_size)  # fully built here
     prepared = runner.prepare(inputs)          # outside the timed loop
     outputs = runner.run(prepared)             # the only thing inside the timed loop
 """
