@@ -48,7 +48,7 @@ class TrtsweepGridSweeper(BasicSweeper):
         try:
             configs = [loader.load_sweep_config(self.config, job) for job in jobs]
         except Exception as e:  # noqa: BLE001 - composition errors (unknown option, key...)
-            fail(str(e).splitlines()[0])
+            fail(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
         try:
             plan = plan_sweep(configs)
         except ConfigError as e:

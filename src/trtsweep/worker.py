@@ -213,7 +213,9 @@ def run_trial(payload: dict) -> dict:
         prepared = runner.prepare(eval_batches[0])
         log.info("measuring %s (warm-up %d, ≥%d iters and ≥%.1fs, ×%d)", spec.label(), spec.measure.warmup_iters,
                  spec.measure.min_iters, spec.measure.min_time_s, spec.measure.repeats)
+        t_measure = time.perf_counter()
         m = measure(runner.run, prepared, spec.batch_size, spec.measure)
+        measure_s = time.perf_counter() - t_measure
         outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
         out = np.concatenate(outs)[: ds.eval_count]
         fidelity = compare(out, reference, ds.labels)
@@ -223,7 +225,8 @@ def run_trial(payload: dict) -> dict:
     metrics = {
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
-        "load_time_s": load_s, "model_size_mb": _size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
+        "load_time_s": load_s, "measure_time_s": measure_s,
+        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": _size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
         "eval_samples": float(ds.eval_count),
     }
     return {

@@ -160,6 +160,18 @@ def validate_params(p: TFTRTParams) -> None:
                           "fix: engine.build_engines=true")
 
 
+def implicit_batch_reason(params: TFTRTParams, loaded_tensorrt: Sequence[int] | None) -> str | None:
+    """Why implicit-batch conversion cannot work with the loaded TensorRT, or None.
+
+    TensorRT 10 removed implicit batch mode (NGC containers from 24.05 on ship TensorRT 10): with
+    ``use_dynamic_shape=false`` TF-TRT then builds no engine and silently runs native TensorFlow.
+    """
+    if params.use_dynamic_shape or not loaded_tensorrt or loaded_tensorrt[0] < 10:
+        return None
+    return (f"TensorRT {_version(loaded_tensorrt)} has no implicit batch mode, so engine.use_dynamic_shape=false "
+            f"would build no TensorRT engine (TF-TRT silently runs TensorFlow); fix: engine.use_dynamic_shape=true")
+
+
 def build_batch_sizes(params: TFTRTParams, batch_sizes: Iterable[int]) -> tuple[int, ...]:
     """Batch sizes ``build()`` builds engines for: the sweep's, plus ``max_batch_size``; ascending.
 
@@ -261,9 +273,8 @@ def log_warnings(log_text: str) -> list[str]:
     if fallbacks:
         out.append(f"TF-TRT logged {fallbacks} fallback(s) to native TensorFlow segments while building "
                    f"(see {BUILD_LOG}); those segments are not accelerated")
-    hint = trt_error_hint(low) if "could not find any implementation" in low or "out of memory" in low else None
-    if hint:
-        out.append(hint)
+    if "could not find any implementation" in low:  # a TensorRT build that ran out of workspace
+        out.append(trt_error_hint(low))
     return out
 
 
@@ -587,8 +598,33 @@ def _probe_in_subprocess() -> dict:
     return {"error": f"probing TensorFlow failed (exit code {proc.returncode}): {tail[0][:300]}"}
 
 
+def nvidia_driver_present() -> bool:
+    """Cheap check (no TensorFlow import): an NVIDIA kernel driver device or ``nvidia-smi`` exists."""
+    import shutil
+
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
+def _installed_tf_version() -> str | None:
+    import importlib.metadata
+
+    for dist in ("tensorflow", "tensorflow-cpu", "tf-nightly"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _availability() -> Availability:
+    """Without an NVIDIA driver, answer at once (same answer in every process); else probe TensorFlow,
+    in a child interpreter unless this process has imported it already."""
+    if not nvidia_driver_present():
+        details = {"tf_version": _installed_tf_version(), "gpus": [], "nvidia_driver": False,
+                   "note": "TensorFlow not probed: no NVIDIA driver; probe_tensorflow() gives the full facts"}
+        return Availability(False, "no NVIDIA GPU driver here (no /dev/nvidiactl, no nvidia-smi) and TF-TRT runs "
+                                   f"TensorRT on NVIDIA GPUs only; on a GPU machine, {USE_TENSORRT_TF}", details)
     facts = probe_tensorflow() if "tensorflow" in sys.modules else _probe_in_subprocess()
     return availability_from_probe(facts)
 
@@ -642,14 +678,16 @@ def _capture_native_log(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def _hinted_errors() -> Iterator[None]:
-    """Re-raise a TF-TRT failure with a one-line hint when the text is a known trap."""
+def _hinted_errors(log_path: Path | None = None) -> Iterator[None]:
+    """Re-raise a TF-TRT failure with a one-line hint when its text (or the native log) is a known trap."""
     try:
         yield
     except TrtsweepError:
         raise
     except Exception as e:
         hint = trt_error_hint(str(e))
+        if hint is None and log_path is not None and log_path.exists():
+            hint = trt_error_hint(log_path.read_text(errors="replace"))
         if hint is None:
             raise
         raise TrtsweepError(f"{hint} [TF-TRT: {one_line(e)}]") from e
@@ -736,11 +774,14 @@ class TFTRTEngine(Engine):
     @classmethod
     def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
         reason = super().unsupported(precision, params, model)
-        if reason is None and precision == "int8" and params is not None and not params.use_calibration:
-            reason = ("engine=tftrt precision=int8 with engine.use_calibration=false needs a quantization-aware model "
-                      "with dynamic ranges on every tensor, which trtsweep does not produce; "
-                      "fix: engine.use_calibration=true")
-        return reason
+        if reason is not None or params is None:
+            return reason
+        if precision == "int8" and not params.use_calibration:
+            return ("engine=tftrt precision=int8 with engine.use_calibration=false needs a quantization-aware model "
+                    "with dynamic ranges on every tensor, which trtsweep does not produce; "
+                    "fix: engine.use_calibration=true")
+        avail = cls.availability()
+        return implicit_batch_reason(params, avail.details.get("loaded_tensorrt")) if avail.available else None
 
     @classmethod
     def needs_calibration(cls, precision: str, params: Any) -> bool:
@@ -757,6 +798,9 @@ class TFTRTEngine(Engine):
         params: TFTRTParams = self.params
         timed = tuple(batch_sizes)
         avail = _require_available()
+        implicit = implicit_batch_reason(params, avail.details.get("loaded_tensorrt"))
+        if implicit:
+            raise ConfigError(implicit)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         shapes = build_batch_sizes(params, timed)
@@ -774,7 +818,7 @@ class TFTRTEngine(Engine):
         _allow_gpu_memory_growth()
         log_path = out_dir / BUILD_LOG
         t0 = time.perf_counter()
-        with _hinted_errors(), _capture_native_log(log_path):
+        with _hinted_errors(log_path), _capture_native_log(log_path):
             converter = trt_convert.TrtGraphConverterV2(**calls[API_INIT])
             converted = converter.convert(**calls[API_CONVERT])
             if params.build_engines:
@@ -814,6 +858,7 @@ ENGINE = TFTRTEngine
 __all__ = [
     "ENGINE", "TFTRTEngine", "TFTRTParams", "TFTRTRunner", "FIELD_TO_API", "PROFILE_STRATEGIES",
     "availability_from_probe", "build_batch_sizes", "build_input_fn", "calibration_input_fn",
-    "check_installed_api", "conversion_report", "input_order", "log_warnings", "probe_tensorflow",
+    "check_installed_api", "conversion_report", "implicit_batch_reason", "input_order", "log_warnings",
+    "probe_tensorflow",
     "trt_call_kwargs", "trt_error_hint", "validate_params",
 ]

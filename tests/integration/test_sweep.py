@@ -1,0 +1,147 @@
+"""End-to-end sweeps through the real entry point, on real engines and data, logged to a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_METRICS = {
+    "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_std_ms", "latency_cv",
+    "throughput_ips", "convert_time_s", "calibrate_time_s", "model_size_mb", "peak_rss_mb", "top1_agreement",
+    "max_abs_error", "cosine_similarity", "accuracy", "accuracy_drop",
+}
+
+
+def test_tflite_precision_sweep_logs_parent_and_children(sweep):
+    res = sweep("-m", "model=digits_cnn", "engine=tflite", "precision=fp32,fp16,int8", "engine.num_threads=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    parents, children = sweep.runs()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    pid = parents[0].info.run_id
+    by_precision = {}
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == pid
+        assert c.info.status == "FINISHED" and c.data.tags["status"] == "ok"
+        missing = CONTRACT_METRICS - set(c.data.metrics)
+        assert not missing, f"child {c.data.params['precision']} lacks {missing}"
+        p = c.data.params
+        assert p["model"] == "digits_cnn" and p["engine"] == "tflite" and p["batch_size"] == "1"
+        assert p["engine.num_threads"] == "1"
+        assert c.data.tags["host.cpu_flags"] and c.data.tags["version.tensorflow"]
+        by_precision[p["precision"]] = c.data.metrics
+    assert set(by_precision) == {"fp32", "fp16", "int8"}
+    assert by_precision["fp32"]["accuracy"] > 0.9  # a really trained model on real held-out digits
+    assert abs(by_precision["int8"]["accuracy"] - by_precision["fp32"]["accuracy"]) <= 0.02
+    assert by_precision["int8"]["calibrate_time_s"] > 0
+    assert by_precision["int8"]["model_size_mb"] < by_precision["fp32"]["model_size_mb"]
+    df = pd.read_csv(sweep.results_csv())
+    assert len(df) == 3 and set(df.precision) == {"fp32", "fp16", "int8"} and (df.status == "ok").all()
+    assert "best for digits_cnn bs=1" in res.stdout
+
+
+def test_unsupported_combination_is_skipped_with_reason(sweep):
+    res = sweep("-m", "engine=tf,tflite", "precision=int8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, children = sweep.runs()
+    status = {c.data.params["engine"]: c.data.tags for c in children}
+    assert status["tf"]["status"] == "skipped"
+    assert "engine=tf" in status["tf"]["reason"] and "int8" in status["tf"]["reason"]
+    assert status["tflite"]["status"] == "ok"
+    df = pd.read_csv(sweep.results_csv())
+    assert df.set_index("engine").loc["tf", "status"] == "skipped"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("batch_size=0", "batch_size=0"),
+    ("model=saved_model", "model.path"),
+    ("engine.num_threads=0", "engine.num_threads=0"),
+    ("+engine.bogus=1", "engine.bogus"),
+])
+def test_invalid_value_fails_before_any_trial(sweep, override, needle):
+    t0 = time.time()
+    res = sweep("-m", "engine=tflite", f"precision=fp32,{'int8'}", override)
+    assert res.returncode == 2, (res.stdout[-2000:], res.stderr[-2000:])
+    err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("trtsweep: error:")]
+    assert len(err_lines) == 1 and needle in err_lines[0] and "fix" in err_lines[0]
+    assert "Traceback" not in res.stderr
+    assert not list((sweep.cwd / "outputs").rglob("trials/*.json")), "a trial ran before validation failed"
+    assert time.time() - t0 < 60
+
+
+def test_unknown_model_path_fails_in_one_line(sweep, tmp_path):
+    res = sweep("model=saved_model", f"model.path={tmp_path / 'nope'}")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("trtsweep: error: model.path=")
+
+
+def test_crashing_trial_is_failed_and_sweep_goes_on(sweep):
+    # every trial with trial.fault=crash aborts its worker; the others run in fresh workers
+    res = sweep("-m", "engine=tflite", "precision=fp32", "batch_size=1,2,4", "trial.fault=null,crash")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, children = sweep.runs()
+    failed = [c for c in children if c.data.tags["status"] == "failed"]
+    ok = [c for c in children if c.data.tags["status"] == "ok"]
+    assert len(failed) == 3 and len(ok) == 3
+    for c in failed:
+        assert c.info.status == "FAILED"
+        assert "SIGABRT" in c.data.tags["reason"]
+    for c in ok:
+        assert c.data.metrics["throughput_ips"] > 0
+
+
+def test_hanging_trial_times_out(sweep):
+    res = sweep("-m", "engine=tflite", "precision=fp32", "trial.fault=hang,null", "trial.timeout_s=20")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, children = sweep.runs()
+    by_fault = {c.data.params["trial.fault"]: c for c in children}
+    assert by_fault["hang"].data.tags["status"] == "failed"
+    assert "timed out after 20 s" in by_fault["hang"].data.tags["reason"]
+    assert by_fault["null"].data.tags["status"] == "ok"
+
+
+def test_interrupted_sweep_resumes_without_duplicates(sweep):
+    grid = ["-m", "engine=tflite", "precision=fp32,fp16,int8_dynamic", "data.seed=7"]  # keys unique to this test
+    proc = sweep.popen(*grid)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # kill as soon as the first trial's record is written
+            if list((sweep.cwd / "outputs").rglob("trials/*.json")):
+                break
+            if proc.poll() is not None:
+                pytest.fail("sweep ended before it could be interrupted:\n" + proc.stdout.read()[-3000:])
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    parents, children = sweep.runs()
+    assert len(parents) == 1 and 1 <= len(children) < 3
+    first_key = children[0].data.tags["trtsweep.trial_key"]
+
+    res = sweep(*grid)
+    assert res.returncode == 0, res.stderr[-3000:]
+    parents, children = sweep.runs()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    keys = [c.data.tags["trtsweep.trial_key"] for c in children]
+    assert len(keys) == 3 and len(set(keys)) == 3, keys
+    assert all(c.data.tags["status"] == "ok" for c in children)
+    assert "(cached)" in res.stdout + res.stderr  # the finished trial was not measured again
+    df = pd.read_csv(sweep.results_csv())
+    assert sorted(df.precision) == ["fp16", "fp32", "int8_dynamic"]
+    rec = json.loads(next((sweep.cache / "results").glob(f"{first_key}.json")).read_text())
+    assert rec["status"] == "ok"
+
+
+def test_force_remeasures(sweep):
+    assert sweep("engine=tflite").returncode == 0
+    again = sweep("engine=tflite")
+    assert "(cached)" in again.stdout + again.stderr
+    forced = sweep("engine=tflite", "force=true")
+    assert forced.returncode == 0 and "(cached)" not in forced.stdout + forced.stderr
