@@ -33,7 +33,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="trtsweep", node=Trtswe
 
 class TrtsweepGridSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
-        from trtsweep.app import fail, finish_sweep, plan_sweep, start_sweep, sweep_key
+        from trtsweep.app import fail, finish_sweep, job_config, plan_sweep, start_sweep, sweep_key, tracker_in_background
         from trtsweep.errors import ConfigError
 
         assert self.config is not None and self.hydra_context is not None
@@ -49,6 +49,7 @@ class TrtsweepGridSweeper(BasicSweeper):
             configs = [loader.load_sweep_config(self.config, job) for job in jobs]
         except Exception as e:  # noqa: BLE001 - composition errors (unknown option, key...)
             fail(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
+        tracker_future = tracker_in_background(job_config(configs[0])) if configs else None
         try:
             plan = plan_sweep(configs)
         except ConfigError as e:
@@ -65,7 +66,7 @@ class TrtsweepGridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         ctx = start_sweep(base, sweep_dir, sweep_key(name, params_conf), f"{name}: {' '.join(params_conf)}"[:250],
-                          len(jobs), plan.batch_sizes, {"sweeper": "grid"})
+                          len(jobs), plan.batch_sizes, {"sweeper": "grid"}, tracker_future)
         try:
             returns = super().sweep(arguments)
         finally:

@@ -112,13 +112,23 @@ def _tracker(cfg: dict):
     return Tracker(tcfg)
 
 
+def tracker_in_background(cfg: dict):
+    """Open MLflow (import + schema check/creation take seconds) while the worker imports TensorFlow."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = ThreadPoolExecutor(1, thread_name_prefix="trtsweep-mlflow")
+    fut = ex.submit(_tracker, cfg)
+    ex.shutdown(wait=False)
+    return fut
+
+
 def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
-                tags: dict | None = None) -> SweepContext:
+                tags: dict | None = None, tracker_future: Any = None) -> SweepContext:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker = None
     parent = None
     try:
-        tracker = _tracker(cfg)
+        tracker = tracker_future.result() if tracker_future is not None else _tracker(cfg)
         if tracker is not None:
             parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
     except Exception as e:  # noqa: BLE001 - results still go to the cache and results.csv

@@ -145,4 +145,69 @@ def short_table(df: pd.DataFrame) -> str:
         return df[cols].to_string(index=False)
 
 
-__all__ = ["table", "write", "best_per_model", "pareto_front", "summary_text", "short_table", "flatten"]
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that identify a configuration (not a measurement)."""
+    return [c for c in ["model", "engine", "precision", "batch_size", "data"] if c in df] + sorted(
+        c for c in df.columns if c.startswith("engine."))
+
+
+def regressions(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: float = 0.10,
+                max_accuracy_loss: float = 0.005) -> pd.DataFrame:
+    """Configurations present in both whose throughput fell by more than ``max_slowdown`` (fraction), whose
+    accuracy_drop rose by more than ``max_accuracy_loss``, or that passed before and fail now.  A row also
+    says when the two results came from different CPUs (then it may be the machine, not a regression)."""
+    keys = [c for c in config_columns(baseline) if c in current]
+    b = baseline.astype({k: str for k in keys}).drop_duplicates(keys, keep="last")
+    c = current.astype({k: str for k in keys}).drop_duplicates(keys, keep="last")
+    m = b.merge(c, on=keys, suffixes=("_base", "_now"))
+    out = []
+    for _, r in m.iterrows():
+        why = []
+        if r.get("status_base") == "ok" and r.get("status_now") != "ok":
+            why.append(f"status {r.status_base} → {r.status_now}")
+        tb, tn = r.get("throughput_ips_base"), r.get("throughput_ips_now")
+        if pd.notna(tb) and pd.notna(tn) and tb > 0 and tn < tb * (1 - max_slowdown):
+            why.append(f"throughput {tb:.1f} → {tn:.1f} items/s ({tn / tb - 1:+.1%})")
+        ab, an = r.get("accuracy_drop_base"), r.get("accuracy_drop_now")
+        if pd.notna(ab) and pd.notna(an) and an - ab > max_accuracy_loss:
+            why.append(f"accuracy_drop {ab:.4f} → {an:.4f}")
+        if why:
+            same_host = all(r.get(f"{h}_base") == r.get(f"{h}_now") for h in ("host.cpu_model", "host.cpu_flags")
+                            if f"{h}_base" in r)
+            out.append({**{k: r[k] for k in keys if not k.startswith("engine.")}, "regression": "; ".join(why),
+                        "same_host": same_host})
+    return pd.DataFrame(out)
+
+
+def plot(df: pd.DataFrame, path: Path) -> Path:
+    """Throughput vs accuracy drop, one marker per engine, Pareto front highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = df[df.status.isin(["ok", "accuracy_violation"])].dropna(subset=["throughput_ips"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for engine, grp in d.groupby("engine"):
+        ax.scatter(grp.get("accuracy_drop", pd.Series(0, index=grp.index)).fillna(0), grp.throughput_ips,
+                   label=engine, alpha=0.8)
+        for _, r in grp.iterrows():
+            ax.annotate(f"{r.precision} bs{r.batch_size}", (r.get("accuracy_drop", 0) or 0, r.throughput_ips),
+                        fontsize=7, alpha=0.7)
+    front = pareto_front(d)
+    if not front.empty:
+        f = front.sort_values("accuracy_drop")
+        ax.plot(f.accuracy_drop, f.throughput_ips, "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("accuracy_drop vs TF FP32")
+    ax.set_ylabel("throughput_ips (items/s)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["table", "write", "best_per_model", "pareto_front", "summary_text", "short_table", "flatten", "regressions", "plot"]

@@ -77,11 +77,12 @@ class WorkerPool:
         self.conn, self.env = parent, dict(env)
 
     def stop(self) -> None:
+        """End the worker: it holds no unsent result, so a short grace period is enough."""
         if self.proc is not None:
             try:
                 if self.proc.is_alive():
                     self.conn.send(("stop", None))
-                    self.proc.join(5)
+                    self.proc.join(0.5)
             except (OSError, BrokenPipeError):
                 pass
             if self.proc.is_alive():

@@ -1,0 +1,47 @@
+"""The trtsweep command: doctor, report, compare (nightly regression flags)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from trtsweep.cli import main
+
+
+def test_doctor_lists_every_engine_with_its_state(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "host:" in out and "flags:" in out
+    for name in ("tf", "tflite", "onnx", "tftrt"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+
+
+def _csv(path, tput, drop=0.0, status="ok", cpu="cpu A"):
+    pd.DataFrame([
+        {"model": "m", "engine": "tflite", "precision": "int8", "batch_size": 1, "data": "digits",
+         "engine.num_threads": 1, "status": status, "throughput_ips": tput, "accuracy_drop": drop,
+         "latency_p50_ms": 1000 / tput, "top1_agreement": 1 - drop, "host.cpu_model": cpu, "host.cpu_flags": "avx2"},
+        {"model": "m", "engine": "tf", "precision": "fp32", "batch_size": 1, "data": "digits",
+         "engine.num_threads": None, "status": "ok", "throughput_ips": 100.0, "accuracy_drop": 0.0,
+         "latency_p50_ms": 10.0, "top1_agreement": 1.0, "host.cpu_model": cpu, "host.cpu_flags": "avx2"},
+    ]).to_csv(path, index=False)
+    return str(path)
+
+
+def test_compare_flags_slowdown_and_accuracy_loss(tmp_path, capsys):
+    base = _csv(tmp_path / "base.csv", 1000)
+    assert main(["compare", base, _csv(tmp_path / "same.csv", 960)]) == 0  # within 10%
+    assert main(["compare", base, _csv(tmp_path / "slow.csv", 700)]) == 1
+    out = capsys.readouterr().out
+    assert "throughput 1000.0 → 700.0" in out and "tflite" in out
+    assert main(["compare", base, _csv(tmp_path / "worse.csv", 1000, drop=0.02)]) == 1
+    assert main(["compare", base, _csv(tmp_path / "failed.csv", float("nan"), status="failed")]) == 1
+    main(["compare", base, _csv(tmp_path / "other.csv", 500, cpu="cpu B")])
+    assert "False" in capsys.readouterr().out  # different host is said
+
+
+def test_report_prints_best_and_writes_plot(tmp_path, capsys):
+    csv = _csv(tmp_path / "r.csv", 1000)
+    assert main(["report", csv, "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "best for m bs=1: engine=tflite precision=int8" in out and "10.00x vs tf fp32" in out
+    assert (tmp_path / "p.png").stat().st_size > 1000
