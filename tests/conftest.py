@@ -38,7 +38,7 @@ class SweepRun:
         self.db = cwd / "mlflow.db"
 
     def args(self, *overrides: str, fast: bool = True) -> list[str]:
-        return [sys.executable, str(ROOT / "sweep.py"), *overrides, *(FAST if fast else []),
+        return [sys.executable, str(ROOT / "sweep.py"), *(FAST if fast else []), *overrides,
                 f"cache_dir={self.cache}"]
 
     def env(self) -> dict:

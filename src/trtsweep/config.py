@@ -276,14 +276,15 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
         cache_dir=cache_dir, force=bool(c.get("force", False)),
         sweep_batch_sizes=sorted(set(sweep_batch_sizes or [batch_size])),
     )
-    availability = eng.availability()
     reason = eng.unsupported(precision, params)
-    if reason is None and not availability.available:
-        reason = availability.reason
     if reason is None and eng.needs_calibration(precision, params) and data.calibration_samples == 0:
         raise ConfigError(
             f"precision={precision} with engine={eng.name} needs calibration data; fix: data.calibration_samples=128"
         )
+    if reason is None:
+        availability = eng.availability()
+        if not availability.available:
+            reason = availability.reason
     spec.skip_reason = reason
     return spec
 

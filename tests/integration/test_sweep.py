@@ -145,3 +145,31 @@ def test_force_remeasures(sweep):
     assert "(cached)" in again.stdout + again.stderr
     forced = sweep("engine=tflite", "force=true")
     assert forced.returncode == 0 and "(cached)" not in forced.stdout + forced.stderr
+
+
+def test_tftrt_trials_are_skipped_here_and_the_rest_runs(sweep):
+    from trtsweep.engines.tftrt import TFTRTEngine
+
+    if TFTRTEngine.availability().available:
+        pytest.skip("TF-TRT is available on this machine: tftrt trials run instead of being skipped")
+    res = sweep("-m", "engine=tftrt,tflite", "precision=fp16")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, children = sweep.runs()
+    by_engine = {c.data.params["engine"]: c for c in children}
+    skipped = by_engine["tftrt"]
+    assert skipped.data.tags["status"] == "skipped" and "TensorRT" in skipped.data.tags["reason"]
+    assert "NGC" in skipped.data.tags["reason"]  # says what to use instead
+    assert skipped.data.params["engine.minimum_segment_size"] == "3"  # its parameters are still logged
+    assert by_engine["tflite"].data.tags["status"] == "ok"
+    assert by_engine["tflite"].data.metrics["throughput_ips"] > 0
+
+
+def test_converted_model_is_logged_as_artifact(sweep):
+    res = sweep("engine=tflite", "precision=int8_dynamic", "tracking.log_models=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, children = sweep.runs()
+    client = sweep.client()
+    names = {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert {"config.yaml", "trial_report.json", "model"} <= names
+    model_files = [a.path for a in client.list_artifacts(children[0].info.run_id, "model")]
+    assert model_files == ["model/model.tflite"]

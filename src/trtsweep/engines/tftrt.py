@@ -9,9 +9,10 @@ argument fails with a :class:`ConfigError` instead of silently dropping a settin
 Engines are built inside :meth:`TFTRTEngine.convert` (``converter.build``) for every batch size the
 sweep will time, and saved with the model, so no TensorRT engine is built inside the timed loop.
 
-TensorFlow is imported only inside functions.  :meth:`TFTRTEngine.availability` probes TensorFlow in
-a child process when the caller has not imported it yet, so planning a sweep stays TF-free and a
-TensorRT library that crashes when loaded cannot take the planner down with it.
+TensorFlow is imported only inside functions.  :meth:`TFTRTEngine.availability` answers at once
+where there is no NVIDIA driver; elsewhere it probes TensorFlow in a child process (unless the caller
+has imported it already), so planning a sweep stays TF-free and a TensorRT library that crashes when
+loaded cannot take the planner down with it.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class TFTRTParams:
     maximum_cached_engines: int = 1
     use_calibration: bool = True
     allow_build_at_runtime: bool = True
-    use_dynamic_shape: bool = False
+    #: TF-TRT's own default is False (implicit batch), which TensorRT 10 no longer has: see implicit_batch_reason
+    use_dynamic_shape: bool = True
     dynamic_shape_profile_strategy: str = DEFAULT_PROFILE_STRATEGY
     #: run ``converter.build()`` so engines are built and saved at conversion, not at first call
     build_engines: bool = True
@@ -271,8 +273,8 @@ def log_warnings(log_text: str) -> list[str]:
     out: list[str] = []
     fallbacks = sum(low.count(m) for m in _FALLBACK_LOG_MARKERS)
     if fallbacks:
-        out.append(f"TF-TRT logged {fallbacks} fallback(s) to native TensorFlow segments while building "
-                   f"(see {BUILD_LOG}); those segments are not accelerated")
+        out.append(f"TF-TRT logged {fallbacks} message(s) about falling back to native TensorFlow segments while "
+                   f"building (see {BUILD_LOG}); those segments are not accelerated")
     if "could not find any implementation" in low:  # a TensorRT build that ran out of workspace
         out.append(trt_error_hint(low))
     return out
@@ -437,17 +439,18 @@ def conversion_report(graph_def: Any, params: TFTRTParams | None = None, timed_b
     in_trt = sum(v for v in seg_sizes.values() if v)
     in_tf = sum(tf_ops.values())
     total = in_trt + in_tf
+    sizes_unknown = bool(seg_sizes) and all(v is None for v in seg_sizes.values())  # native segments removed
     report = {
         "trt_segments": len(segments),
         "nodes_in_trt": in_trt,
         "nodes_in_tf": in_tf,
         "nodes_total": total,
-        "trt_converted_fraction": round(in_trt / total, 6) if total else 0.0,
+        "trt_converted_fraction": None if sizes_unknown else (round(in_trt / total, 6) if total else 0.0),
         "segment_node_counts": seg_sizes,
         "ops_in_tf": dict(tf_ops.most_common()),
         "ops_in_trt": dict(trt_ops.most_common()),
     }
-    report["warnings"] = _report_warnings(report, params, timed_batch_sizes)
+    report["warnings"], report["notes"] = _report_findings(report, params, timed_batch_sizes)
     return report
 
 
@@ -457,8 +460,11 @@ def _fmt_ops(ops: Mapping[str, int], limit: int = 8) -> str:
     return text + (f", … ({len(items) - limit} more types)" if len(items) > limit else "") if items else "none"
 
 
-def _report_warnings(report: Mapping[str, Any], params: TFTRTParams | None, timed: Sequence[int]) -> list[str]:
+def _report_findings(report: Mapping[str, Any], params: TFTRTParams | None,
+                     timed: Sequence[int]) -> tuple[list[str], list[str]]:
+    """(warnings, notes): warnings are traps that change what is measured; notes explain behaviour."""
     warnings: list[str] = []
+    notes: list[str] = []
     n_seg = report["trt_segments"]
     if n_seg == 0:
         warnings.append("no TensorRT segment: the whole model runs in native TensorFlow (TF-TRT falls back silently); "
@@ -471,9 +477,9 @@ def _report_warnings(report: Mapping[str, Any], params: TFTRTParams | None, time
                         f"and many small engines are often slower than native TensorFlow; fix: raise "
                         f"engine.minimum_segment_size, or avoid the ops that split the graph: {_fmt_ops(report['ops_in_tf'])}")
     if params is None:
-        return warnings
+        return warnings, notes
     if params.use_dynamic_shape and params.allow_build_at_runtime and n_seg:
-        warnings.append("engine.allow_build_at_runtime=true with engine.use_dynamic_shape=true: an engine missing from "
+        notes.append("engine.allow_build_at_runtime=true with engine.use_dynamic_shape=true: an engine missing from "
                         "the saved model is built at its first call (trtsweep warms up in load(), before timing); "
                         "shapes outside the built profiles run in native TensorFlow")
     if not params.build_engines and n_seg:
@@ -485,7 +491,7 @@ def _report_warnings(report: Mapping[str, Any], params: TFTRTParams | None, time
                         f"(batch sizes {', '.join(map(str, shapes))}): each TRTEngineOp keeps only the most recent "
                         f"engines (LRU), so smaller batches run on a larger engine not tuned for them and a larger one is "
                         f"rebuilt at run time or falls back to TensorFlow; fix: engine.maximum_cached_engines={len(shapes)}")
-    return warnings
+    return warnings, notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -787,6 +793,13 @@ class TFTRTEngine(Engine):
     def needs_calibration(cls, precision: str, params: Any) -> bool:
         # params is None when only the precision is known (e.g. TrialSpec.conversion_key): default is True
         return precision == "int8" and (params is None or bool(params.use_calibration))
+
+    @classmethod
+    def calibration_batch_size(cls, params: Any, batch_sizes: list[int]) -> int:
+        """The largest built batch size: TF-TRT calibrates on one input shape, which must lie inside the
+        dynamic-shape profile (built sizes), and in implicit-batch mode the calibrated engine is built at
+        that size, so it must be the largest for every timed batch to fit it."""
+        return max(build_batch_sizes(params if params is not None else TFTRTParams(), batch_sizes or [1]))
 
     @classmethod
     def process_env(cls, params: Any) -> dict[str, str]:
