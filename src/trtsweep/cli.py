@@ -26,7 +26,11 @@ def doctor(_: argparse.Namespace) -> int:
             print(f"{name:<{width}}  ERROR  {type(e).__name__}: {e}")
             continue
         mark = "ok   " if av.available else "no   "
-        detail = ", ".join(f"{k}={v}" for k, v in av.details.items() if v not in (None, "", [], {}))
+        try:
+            facts = eng.diagnose()
+        except Exception as e:  # noqa: BLE001
+            facts = {**av.details, "diagnose_error": f"{type(e).__name__}: {e}"}
+        detail = ", ".join(f"{k}={v}" for k, v in facts.items() if v not in (None, "", [], {}))
         print(f"{name:<{width}}  {mark}  precisions: {','.join(eng.precisions)}"
               + (f"  [{detail}]" if detail else "") + (f"\n{'':<{width}}         → {av.reason}" if av.reason else ""))
     return 0

@@ -103,6 +103,21 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """A run's tags (e.g. to extend a tag that another worker set)."""
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def log_extras(self, run_id: str, metrics: dict[str, float] | None = None, files: list[Path] | None = None) -> None:
+        """Metrics and artifact files on a run without changing its status (a study's results on its parent)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        if metrics:
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+        for f in files or []:
+            if Path(f).exists():
+                self.client.log_artifact(run_id, str(f))
+
     # ---- child ----
     def log_trial(self, parent_id: str, result, spec: TrialSpec, resolved_cfg: dict | None = None,
                   extra_tags: dict[str, Any] | None = None) -> str:

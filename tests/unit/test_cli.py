@@ -13,6 +13,8 @@ def test_doctor_lists_every_engine_with_its_state(capsys):
     assert "host:" in out and "flags:" in out
     for name in ("tf", "tflite", "onnx", "tftrt"):
         assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    tftrt = next(line for line in out.splitlines() if line.startswith("tftrt "))
+    assert "tf_version=" in tftrt and "tensorrt_enabled=" in tftrt and "linked_tensorrt=" in tftrt
 
 
 def _csv(path, tput, drop=0.0, status="ok", cpu="cpu A"):

@@ -167,6 +167,11 @@ class Engine(ABC):
         return Availability(True)
 
     @classmethod
+    def diagnose(cls) -> dict:
+        """Everything ``trtsweep doctor`` should print (may be slower than ``availability``)."""
+        return dict(cls.availability().details)
+
+    @classmethod
     def validate(cls, params: Any) -> None:
         """Raise ConfigError naming the field and the fix for an invalid value."""
 

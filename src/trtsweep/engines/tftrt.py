@@ -774,6 +774,12 @@ class TFTRTEngine(Engine):
         return _availability()
 
     @classmethod
+    def diagnose(cls) -> dict:
+        """The full probe even without a GPU driver: TF version, CUDA/TensorRT build, TensorRT versions, GPUs."""
+        facts = _probe_in_subprocess()
+        return {k: v for k, v in availability_from_probe(facts).details.items() if k != "note"}
+
+    @classmethod
     def validate(cls, params: TFTRTParams) -> None:
         validate_params(params)
 
