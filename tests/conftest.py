@@ -38,7 +38,10 @@ class SweepRun:
         self.db = cwd / "mlflow.db"
 
     def args(self, *overrides: str, fast: bool = True) -> list[str]:
-        return [sys.executable, str(ROOT / "sweep.py"), *(FAST if fast else []), *overrides,
+        flags = [o for o in overrides if o.startswith("-")]
+        values = [o for o in overrides if not o.startswith("-")]
+        # fast settings first, so a test's own overrides win
+        return [sys.executable, str(ROOT / "sweep.py"), *flags, *(FAST if fast else []), *values,
                 f"cache_dir={self.cache}"]
 
     def env(self) -> dict:

@@ -86,12 +86,12 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
                 raise ModelError(f"model.input_shapes.{iname}={overrides[iname]} has rank {len(ov)}, the signature has {shape}")
             shape = tuple(ov)
         if shape is None:
-            raise ModelError(f"model={name}: input '{iname}' has unknown rank; fix: model.input_shapes.{iname}=[-1, ...]")
+            raise ModelError(f"model={name}: input '{iname}' has unknown rank; fix: +model.input_shapes.{iname}=[-1, ...]")
         unknown = [i for i, d in enumerate(shape) if d is None and i > 0]
         if unknown:
             raise ModelError(
                 f"model={name}: input '{iname}' has unknown dimension(s) {unknown} in shape {list(shape)}; "
-                f"fix: model.input_shapes.{iname}=[-1, ...] with every non-batch dimension set"
+                f"fix: +model.input_shapes.{iname}=[-1, ...] with every non-batch dimension set"
             )
         inputs.append(TensorSpec(iname, shape, spec.dtype.name))
     for iname in overrides or {}:

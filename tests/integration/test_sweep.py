@@ -173,3 +173,32 @@ def test_converted_model_is_logged_as_artifact(sweep):
     assert {"config.yaml", "trial_report.json", "model"} <= names
     model_files = [a.path for a in client.list_artifacts(children[0].info.run_id, "model")]
     assert model_files == ["model/model.tflite"]
+
+
+def test_user_saved_model_with_dynamic_dims(sweep, tmp_path):
+    """The main user flow: any SavedModel by path, a dynamic dimension fixed by an override."""
+    import tensorflow as tf
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([16, 4], seed=[1, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="features")])
+        def serve(self, features):
+            return {"scores": tf.nn.softmax(tf.matmul(features, self.w))}
+
+    path = tmp_path / "user_model"
+    m = M()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    missing = sweep("model=saved_model", f"model.path={path}", "engine=tf")
+    assert missing.returncode == 2
+    assert "+model.input_shapes.features=" in missing.stderr.strip().splitlines()[-1]
+    res = sweep("-m", "model=saved_model", f"model.path={path}", "+model.input_shapes.features=[-1,16]",
+                "engine=tf,onnx", "batch_size=4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = pd.read_csv(sweep.results_csv())
+    assert list(df.status) == ["ok", "ok"] and set(df.data) == {"random"}
+    onnx = df.set_index("engine").loc["onnx"]
+    assert onnx.top1_agreement == 1.0 and onnx.max_abs_error < 1e-4
+    assert onnx.speedup_vs_tf_fp32 > 0

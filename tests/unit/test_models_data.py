@@ -50,7 +50,7 @@ def test_saved_model_signature_is_read_and_overridden(dynamic_saved_model, tmp_p
 
 
 def test_unknown_dimension_without_override_fails_clearly(dynamic_saved_model, tmp_path):
-    with pytest.raises(ModelError, match=r"input 'pixels' has unknown dimension.*fix: model.input_shapes.pixels="):
+    with pytest.raises(ModelError, match=r"input 'pixels' has unknown dimension.*fix: \+model.input_shapes.pixels="):
         models.resolve(ModelConfig(name="user", source="saved_model", path=str(dynamic_saved_model)), tmp_path)
 
 

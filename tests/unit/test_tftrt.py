@@ -477,7 +477,7 @@ def test_build_input_fn_covers_every_timed_batch_size_and_max_batch_size(two_inp
 
 def test_build_input_fn_fails_early_on_an_unknown_non_batch_dimension():
     model = _info("dyn", "/nowhere", [TensorSpec("x", (None, None, 3), "float32")], [])
-    with pytest.raises(ConfigError, match="model.input_shapes.x"):
+    with pytest.raises(ConfigError, match=r"\+model.input_shapes.x"):
         build_input_fn(model, (1,))
 
 

@@ -49,7 +49,7 @@ class TensorSpec:
         if any(d is None for d in dims):
             raise ConfigError(
                 f"input '{self.name}' has an unknown dimension {self.shape}; "
-                f"fix: set model.input_shapes.{self.name}=[...] with every non-batch dimension"
+                f"fix: set +model.input_shapes.{self.name}=[...] with every non-batch dimension"
             )
         return tuple(int(d) for d in dims)  # type: ignore[arg-type]
 
