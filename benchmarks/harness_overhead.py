@@ -25,7 +25,7 @@ from _common import ROOT, host_line  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mobilenet_v2")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--cache-dir", default=str(ROOT / "outputs" / "cache"))
     a = ap.parse_args()
@@ -71,9 +71,11 @@ def main() -> None:
     bare(20)  # warm-up both paths
     measure(runner.run, prepared, 1, MeasureConfig(warmup_iters=20, min_iters=1, min_time_s=0, repeats=1))
     harness_p50, bare_p50 = [], []
-    for _ in range(a.rounds):
-        harness_p50.append(np.percentile(measure(runner.run, prepared, 1, cfg).latencies_ms, 50))
-        bare_p50.append(np.percentile(bare(a.iters), 50))
+    for r in range(a.rounds):  # ABBA order: neither path always runs first
+        pair = [lambda: harness_p50.append(np.percentile(measure(runner.run, prepared, 1, cfg).latencies_ms, 50)),
+                lambda: bare_p50.append(np.percentile(bare(a.iters), 50))]
+        for step in (pair if r % 2 == 0 else pair[::-1]):
+            step()
     h, b = float(np.median(harness_p50)), float(np.median(bare_p50))
     print(host_line())
     print(f"model={a.model} tflite fp32 bs=1 num_threads=1, {a.rounds} interleaved rounds × {a.iters} iterations")

@@ -32,11 +32,20 @@ ConfigStore.instance().store(group="hydra/sweeper", name="trtsweep", node=Trtswe
 
 
 class TrtsweepGridSweeper(BasicSweeper):
+    _planned = False
+
+    def validate_batch_is_legal(self, batch) -> None:  # type: ignore[no-untyped-def]
+        if not self._planned:  # every job was already composed and validated by plan_sweep
+            super().validate_batch_is_legal(batch)
+
     def sweep(self, arguments: List[str]) -> Any:
         from trtsweep.app import fail, finish_sweep, job_config, plan_sweep, start_sweep, sweep_key, tracker_in_background
         from trtsweep.errors import ConfigError
 
         assert self.config is not None and self.hydra_context is not None
+        from trtsweep import runner
+
+        runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed
         params_conf = self._parse_config() + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         try:
@@ -53,8 +62,6 @@ class TrtsweepGridSweeper(BasicSweeper):
         try:
             plan = plan_sweep(configs)
         except ConfigError as e:
-            from trtsweep import runner
-
             runner.pool().stop()
             fail(str(e))
         for spec, job in zip(plan.specs, jobs):
@@ -67,6 +74,7 @@ class TrtsweepGridSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         ctx = start_sweep(base, sweep_dir, sweep_key(name, params_conf), f"{name}: {' '.join(params_conf)}"[:250],
                           len(jobs), plan.batch_sizes, {"sweeper": "grid"}, tracker_future)
+        self._planned = True
         try:
             returns = super().sweep(arguments)
         finally:

@@ -65,6 +65,7 @@ class WorkerPool:
         self.proc: Any = None
         self.conn: Any = None
         self.env: dict[str, str] | None = None
+        self._pending_warm = False
 
     def _start(self, env: dict[str, str]) -> None:
         from trtsweep import worker
@@ -75,6 +76,7 @@ class WorkerPool:
         self.proc.start()
         child.close()
         self.conn, self.env = parent, dict(env)
+        self._pending_warm = False
 
     def stop(self) -> None:
         """End the worker: it holds no unsent result, so a short grace period is enough."""
@@ -96,16 +98,32 @@ class WorkerPool:
             self.proc.join(5)
         self.proc = self.conn = self.env = None
 
-    def call(self, kind: str, payload: Any, env: dict[str, str], timeout_s: float, max_memory_mb: float) -> Any:
+    def prewarm(self, env: dict[str, str] | None = None) -> None:
+        """Start a worker and have it import TensorFlow while the caller does other start-up work.
+        Its answer is read (and dropped) by the next ``call``."""
+        self.ensure(env or {})
+        try:
+            self.conn.send(("warm", None))
+            self._pending_warm = True
+        except (OSError, BrokenPipeError):
+            self.kill()
+
+    def ensure(self, env: dict[str, str]) -> None:
+        """A live worker with this environment (started now if needed; its imports run in the background)."""
         if self.proc is None or not self.proc.is_alive() or self.env != env:
             self.stop()
             self._start(env)
+
+    def call(self, kind: str, payload: Any, env: dict[str, str], timeout_s: float, max_memory_mb: float) -> Any:
+        self.ensure(env)
         try:
             self.conn.send((kind, payload))
         except (OSError, BrokenPipeError) as e:
             self.kill()
             raise TrialFailure(f"worker unreachable: {e}") from None
         deadline = time.monotonic() + timeout_s
+        warm_reply_pending = self._pending_warm
+        self._pending_warm = False
         import psutil
 
         ps = psutil.Process(self.proc.pid)
@@ -115,6 +133,9 @@ class WorkerPool:
                     msg = self.conn.recv()
                 except (EOFError, OSError):
                     msg = None
+                if msg is not None and warm_reply_pending:  # the prewarm's answer comes first
+                    warm_reply_pending = False
+                    continue
                 if msg is not None:
                     if msg[0] == "ok":
                         return msg[1]

@@ -44,7 +44,7 @@ def serve(conn, env: dict[str, str]) -> None:
         if kind == "stop":
             return
         try:
-            handler = {"trial": run_trial, "resolve": resolve_model}[kind]
+            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm}[kind]
             conn.send(("ok", handler(payload)))
         except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
             from trtsweep.errors import one_line
@@ -57,6 +57,13 @@ def serve(conn, env: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def warm(_: Any = None) -> bool:
+    """Import TensorFlow ahead of the first request (sent when a sweep starts)."""
+    import tensorflow  # noqa: F401
+
+    return True
 
 
 def resolve_model(payload: dict):
