@@ -1,0 +1,406 @@
+"""The Optuna sweeper (``hydra/sweeper=optuna``).
+
+Fast tests check the pieces in-process (grammar → distributions, conditional engine parameters,
+trial outcome → Optuna state, the feasible best).  The slow ones run real sweeps of digits_cnn in a
+subprocess: a small search with its MLflow parent/children, an invalid space stopped before the
+first trial, a study killed mid-trial and resumed, and (``postgres``) two concurrent workers on one
+PostgreSQL study (``TRTSWEEP_TEST_PG_URL=postgresql://user:pw@host:port/db``; it needs the right to
+create databases).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from hydra_plugins.trtsweep_sweepers import optuna as sw  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["model=digits_cnn", "measure.min_time_s=0.05", "measure.min_iters=10", "measure.repeats=2",
+        "measure.warmup_iters=2", "data.eval_samples=64", "data.calibration_samples=16"]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+def sweep_cmd(tmp: Path, *overrides: str, study: str = "t", storage: str | None = None,
+              mlflow: str | None = None, cache: Path | None = None) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), "-m", "hydra/sweeper=optuna", *FAST,
+            f"tracking.uri={mlflow or f'sqlite:///{tmp}/mlflow.db'}", f"cache_dir={cache or tmp / 'cache'}",
+            f"hydra.sweeper.storage={storage or f'sqlite:///{tmp}/optuna.db'}",
+            f"hydra.sweeper.study_name={study}", f"name={study}", *overrides]
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load(storage: str, study: str):
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def mlflow_runs(uri: str, study: str) -> tuple[list, list]:
+    """(parent runs, child runs) of the study's MLflow experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(f"trtsweep/{study}")
+    assert exp is not None, f"no MLflow experiment trtsweep/{study}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("trtsweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("trtsweep.role") == "trial"]
+    return parents, children
+
+
+def check_mlflow_children(study_obj, uri: str, study: str) -> None:
+    """One parent for the study; every trial's child run under it, tagged with its trial number."""
+    parents, children = mlflow_runs(uri, study)
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    parent = parents[0]
+    assert parent.data.tags["optuna.study"] == study
+    by_id = {c.info.run_id: c for c in children}
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    ran = [t for t in study_obj.trials if t.user_attrs.get("status")]
+    assert ran, "no trial reached a result"
+    for t in ran:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        assert run_id in by_id, f"trial #{t.number} ({t.user_attrs.get('status')}) has no child run"
+        numbers = by_id[run_id].data.tags["optuna.trial_numbers"].split(",")
+        assert str(t.number) in numbers
+        assert by_id[run_id].data.tags["optuna.study"] == study
+    # one child per measured configuration: a repeated configuration reuses its run (result cache)
+    assert len(children) == len({t.user_attrs["trial_key"] for t in ran})
+
+
+def numbers_unique(study_obj) -> list[int]:
+    numbers = [t.number for t in study_obj.trials]
+    assert len(numbers) == len(set(numbers)), numbers
+    return numbers
+
+
+# ---------------------------------------------------------------------------
+# fast: the pieces
+def space(*lines: str):
+    return sw.split_space(sw.parse_overrides(list(lines)))
+
+
+def test_grammar_maps_to_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    params, fixed = space("engine=tf,tflite", "precision=choice(fp32,int8)", "batch_size=range(1,9,3)",
+                          "measure.trim=interval(0.01,0.1)", "x=tag(log,interval(0.001,1))",
+                          "y=int(interval(1,64))", "model=digits_cnn", "+extra=choice(1,2)")
+    d = {p.name: p.distribution for p in params}
+    assert d["engine"] == CategoricalDistribution(["tf", "tflite"])
+    assert d["precision"] == CategoricalDistribution(["fp32", "int8"])
+    assert d["batch_size"] == IntDistribution(1, 7, step=3)  # range() excludes its stop, like Hydra's grid
+    assert d["measure.trim"] == FloatDistribution(0.01, 0.1)
+    assert d["x"] == FloatDistribution(0.001, 1.0, log=True)
+    assert d["y"] == IntDistribution(1, 64)
+    assert fixed == ["model=digits_cnn"]
+    extra = next(p for p in params if p.name == "extra")
+    assert extra.key == "+extra"
+    assert sw.overrides_for(params, {"extra": 2, "engine": "tf"}, fixed) == ["model=digits_cnn", "+extra=2", "engine=tf"]
+
+
+def test_later_override_of_a_key_wins():
+    params, fixed = space("precision=choice(fp32,int8)", "precision=fp16")
+    assert params == [] and fixed == ["precision=fp16"]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("precision=choice()", "empty choice is not legal; fix: list at least one value"),
+    ("measure.trim=interval(5,1)", "interval(5.0, 1.0) is reversed"),
+    ("batch_size=range(5,1)", "the range is empty"),
+    ("x=tag(log,interval(0,1))", "a log interval needs a start > 0"),
+    ("x=choice([1,2],[3])", "is not a scalar"),
+    ("x=choice(a,a)", "a value appears twice"),
+])
+def test_invalid_space_names_the_value_and_the_fix(line, expected):
+    with pytest.raises(sw.SearchSpaceError) as e:
+        space(line)
+    assert expected in str(e.value) and "fix:" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_engine_parameters_are_conditional_on_the_sampled_engine():
+    keys = {"tf": {"intra_op_threads"}, "tflite": {"num_threads", "use_xnnpack"}, "onnx": {"intra_op_num_threads"}}
+    params, _ = space("engine=choice(tf,tflite,onnx)", "engine.num_threads=choice(1,2)", "precision=fp32,int8")
+    sw.attach_engine_conditions(params, keys, fixed_engine=None)
+    assert next(p for p in params if p.name == "engine.num_threads").engines == ("tflite",)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        values = sw.suggest(trial, params)
+        assert ("engine.num_threads" in values) == (values["engine"] == "tflite")
+        seen.add(values["engine"])
+        study.tell(trial, 1.0)
+    assert seen == {"tf", "tflite", "onnx"}
+    # every value of every parameter appears in the validation set, each with an engine that has it
+    reps = sw.representative_assignments(params)
+    assert {r["engine"] for r in reps} == {"tf", "tflite", "onnx"}
+    assert {r.get("engine.num_threads") for r in reps if r["engine"] == "tflite"} == {1, 2}
+    assert all("engine.num_threads" not in r for r in reps if r["engine"] != "tflite")
+
+
+def test_unknown_engine_parameter_is_rejected():
+    with pytest.raises(sw.SearchSpaceError, match="nonexistent is not a parameter of engine=tflite; fix: use one of"):
+        sw.attach_engine_conditions(space("engine.nonexistent=choice(1,2)")[0], {"tflite": {"num_threads"}}, "tflite")
+    with pytest.raises(sw.SearchSpaceError, match="not a parameter of any engine in the search"):
+        sw.attach_engine_conditions(space("engine=tf,tflite", "engine.nonexistent=choice(1,2)")[0],
+                                    {"tf": {"intra_op_threads"}, "tflite": {"num_threads"}}, None)
+
+
+def _result(status: str, **metrics) -> dict:
+    return {"status": status, "trial_key": "k", "reason": "why" if status != "ok" else None, "metrics": metrics,
+            "mlflow_run_id": "r1", "row": {"cached": True}}
+
+
+def test_trial_outcomes_map_to_optuna_states():
+    ok = sw.trial_outcome(_result("ok", throughput_ips=100.0, accuracy_drop=0.002), None, "throughput_ips", False, 0.01)
+    assert (ok.state, ok.values, ok.feasible) == ("COMPLETE", [100.0], True)
+    assert ok.attrs["constraint"] == [pytest.approx(-0.008)] and ok.attrs["cached"] is True
+    bad = sw.trial_outcome(_result("accuracy_violation", throughput_ips=200.0, accuracy_drop=0.05), None,
+                           "throughput_ips", False, 0.01)
+    assert (bad.state, bad.feasible, bad.label) == ("COMPLETE", False, "INFEASIBLE")
+    assert bad.attrs["constraint"][0] == pytest.approx(0.04)
+    assert sw.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01).state == "PRUNED"
+    failed = sw.trial_outcome(_result("failed"), None, "throughput_ips", False, 0.01)
+    assert failed.state == "FAIL" and failed.attrs["reason"] == "why"
+    crashed = sw.trial_outcome(None, "RuntimeError: boom", "throughput_ips", False, 0.01)
+    assert crashed.state == "FAIL" and crashed.attrs["reason"] == "RuntimeError: boom"
+    multi = sw.trial_outcome(_result("ok", latency_p99_ms=2.0, accuracy_drop=0.0), None, "latency_p99_ms", True, 0.01)
+    assert multi.values == [2.0, 0.0]
+    no_metric = sw.trial_outcome(_result("ok", accuracy_drop=0.0), None, "throughput_ips", False, 0.01)
+    assert no_metric.state == "FAIL" and "throughput_ips" in no_metric.attrs["reason"]
+
+
+def test_best_is_the_best_feasible_trial_and_pareto_excludes_infeasible():
+    sampler = sw.make_sampler("tpe", seed=0, n_startup_trials=None, n_objectives=1, space=[])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for value, status, drop in [(100.0, "ok", 0.0), (300.0, "accuracy_violation", 0.2), (150.0, "ok", 0.005)]:
+        trial = study.ask()
+        sw.tell(study, trial, sw.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop), None,
+                                               "throughput_ips", False, 0.01))
+    trial = study.ask()
+    sw.tell(study, trial, sw.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01))
+    best = sw.best_trial(study.trials, "maximize")
+    assert best is not None and best.values == [150.0]
+    if sw.native_constraints():  # Optuna ≥ 5: the sampler and Optuna's own best_trial see the constraint too
+        assert study.trials[1].constraints == {"accuracy_drop": pytest.approx(0.19)}
+        assert study.best_trial.values == [150.0]
+    front = sw.pareto_front(study.trials, ["maximize"])
+    assert [t.values[0] for t in front] == [150.0]
+    lines = sw.summary_lines(study.trials, best, [], "s", "throughput_ips", 4)
+    assert "complete=2, infeasible=1, failed=0, skipped(pruned)=1" in lines[0] and "trial #2" in lines[1]
+
+
+def test_grid_sampler_needs_finite_values():
+    params, _ = space("measure.trim=interval(0.01,0.1)")
+    with pytest.raises(sw.SearchSpaceError, match="sampler=grid needs a finite set of values"):
+        sw.make_sampler("grid", None, None, 1, params)
+    params = space("a=range(1,4)", "b=choice(x,y)")[0]
+    study = optuna.create_study(sampler=sw.make_sampler("grid", 0, None, 1, params))
+    seen = set()
+    while not study.sampler.is_exhausted(study):  # told outside optimize(): the last point must not raise
+        trial = study.ask()
+        values = sw.suggest(trial, params)
+        seen.add((values["a"], values["b"]))
+        sw.tell(study, trial, sw.trial_outcome(_result("ok", throughput_ips=1.0), None, "throughput_ips", False, 0.01))
+    assert seen == {(a, b) for a in (1, 2, 3) for b in ("x", "y")}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(tmp_path):
+    """Killed between ask() and the first heartbeat: Optuna's stale check never sees it; ours does."""
+    import datetime
+
+    storage = sw.open_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=2, max_retry=1)
+    study = optuna.create_study(storage=storage, study_name="orphan")
+    orphan = study.ask({"x": optuna.distributions.IntDistribution(1, 3)})  # no heartbeat, no worker attribute
+    alive = study.ask()
+    alive.set_user_attr("worker", "host:1")  # a live worker marks its trial at once
+    assert sw.fail_orphaned_trials(study, storage, 2) == []  # too young to be called orphaned
+    later = datetime.datetime.now() + datetime.timedelta(seconds=5)
+    assert sw.fail_orphaned_trials(study, storage, 2, now=later) == [orphan.number]
+    trials = study.get_trials()
+    assert trials[orphan.number].state.name == "FAIL" and trials[alive.number].state.name == "RUNNING"
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state.name == "WAITING" and retry[0].params == orphan.params
+    assert sw.fail_orphaned_trials(study, storage, 2, now=later) == []  # once only
+
+
+# ---------------------------------------------------------------------------
+# slow: real sweeps
+@pytest.mark.slow
+def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_path):
+    t0 = time.time()
+    cmd = sweep_cmd(tmp_path, "engine=choice(tf,tflite)", "precision=choice(fp32,int8)", "batch_size=choice(1,8)",
+                    "hydra.sweeper.n_trials=8", "hydra.sweeper.seed=0", study="search")
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(f"sqlite:///{tmp_path}/optuna.db", "search")
+    assert len(study.trials) == 8 and sorted(numbers_unique(study)) == list(range(8))
+    states = {t.state.name for t in study.trials}
+    assert states <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+    for t in study.trials:  # skipped (engine=tf precision=int8) ⇔ pruned, with the reason
+        assert (t.state.name == "PRUNED") == (t.user_attrs["status"] == "skipped")
+        if t.state.name == "PRUNED":
+            assert "precision=int8" in t.user_attrs["reason"]
+    best = sw.best_trial(study.trials, "maximize")
+    assert best is not None and best.user_attrs["status"] == "ok" and best.user_attrs["constraint"][0] <= 0
+    feasible = [t.values[0] for t in study.trials if sw.is_feasible(t)]
+    assert best.values[0] == max(feasible)
+    assert f"optuna best: trial #{best.number} throughput_ips=" in proc.stdout
+    check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "search")
+    parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "search")
+    best_runs = [c for c in children if c.data.tags.get("optuna.best") == "true"]
+    assert [r.info.run_id for r in best_runs] == [best.user_attrs["mlflow_run_id"]]
+    from mlflow.tracking import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").list_artifacts(parents[0].info.run_id)}
+    assert {"optuna_trials.csv", "optuna_history.png", "results.csv"} <= artifacts
+    assert parents[0].data.metrics["optuna.best_value"] == best.values[0]
+    assert list((tmp_path / "outputs" / "multirun").rglob("results.csv")), "finish_sweep wrote no results.csv"
+    print(f"search: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, expected", [
+    # on the command line Hydra itself rejects `precision=choice()` before any sweeper runs; from a preset's
+    # hydra.sweeper.params (here: the same, added on the command line) the sweeper reports it
+    ("+hydra.sweeper.params.precision='choice()'", "empty choice is not legal"),
+    ("measure.trim=interval(5,1)", "interval(5.0, 1.0) is reversed"),
+    ("engine.nonexistent=choice(1,2)", "nonexistent is not a parameter of engine=tflite"),
+    ("batch_size=range(0,3)", "batch_size=0 is invalid"),
+    ("hydra.sweeper.objective=speed", "hydra.sweeper.objective=speed is unknown"),
+])
+def test_invalid_space_fails_before_the_first_trial(tmp_path, override, expected):
+    cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,int8)", override, study="bad")
+    proc = run(cmd, tmp_path, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("trtsweep: error: ") and expected in lines[0], proc.stderr
+    assert "fix:" in lines[0]
+    db = tmp_path / "optuna.db"
+    assert not db.exists() or optuna.study.get_all_study_names(f"sqlite:///{db}") == []
+    assert not (tmp_path / "cache" / "results").exists() or not any((tmp_path / "cache" / "results").iterdir())
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_and_the_interrupted_trial_is_not_lost(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,fp16)", "batch_size=choice(1,8)",
+                    "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
+                    "hydra.sweeper.seed=3", study="resume")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    killed = None
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and first.poll() is None:
+            try:  # a trial that is being measured (launched: it has its overrides)
+                running = [t for t in load(storage, "resume").trials
+                           if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
+            except Exception:  # noqa: BLE001 - the study does not exist yet
+                running = []
+            if running:
+                killed = running[0]
+                os.killpg(first.pid, signal.SIGKILL)  # the whole process group: sweeper and its trial worker
+                break
+            time.sleep(0.1)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    assert killed is not None, "the first run never had a RUNNING trial"
+    assert load(storage, "resume").trials[killed.number].state.name == "RUNNING"  # left behind by the kill
+
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(storage, "resume")
+    numbers_unique(study)
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    assert study.trials[killed.number].state.name == "FAIL"
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1, "the interrupted trial was not retried"
+    assert retries[0].state.name == "COMPLETE" and retries[0].params == killed.params
+    assert len(study.trials) == killed.number + 1 + 2  # the killed one, then the 2 trials of the second run
+    parents, _ = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "resume")
+    assert len(parents) == 1, "the resumed study did not find its MLflow parent run"
+    check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "resume")
+
+
+# ---------------------------------------------------------------------------
+# postgres: two workers, one study
+@pytest.fixture
+def pg_urls():
+    """Two fresh databases on the server of TRTSWEEP_TEST_PG_URL: (optuna storage URL, MLflow URL)."""
+    url = os.environ.get("TRTSWEEP_TEST_PG_URL")
+    if not url:
+        pytest.skip("TRTSWEEP_TEST_PG_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/postgres)")
+    psycopg2 = pytest.importorskip("psycopg2")
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    try:
+        conn = psycopg2.connect(base.set(drivername="postgresql").render_as_string(hide_password=False),
+                                connect_timeout=5)
+    except psycopg2.Error as e:
+        pytest.skip(f"PostgreSQL at {base.render_as_string(hide_password=True)} is unreachable: "
+                    f"{str(e).strip().splitlines()[0]}")
+    conn.autocommit = True
+    names = [f"trtsweep_test_{uuid.uuid4().hex[:10]}_{kind}" for kind in ("optuna", "mlflow")]
+    try:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f'CREATE DATABASE "{name}"')
+    except psycopg2.Error as e:
+        conn.close()
+        pytest.skip(f"cannot create a test database on {base.render_as_string(hide_password=True)}: {e}")
+    # psycopg2 explicitly: SQLAlchemy ≥ 2.1 maps a bare postgresql:// to psycopg 3
+    yield tuple(base.set(drivername="postgresql+psycopg2", database=n).render_as_string(hide_password=False)
+                for n in names)
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_share_one_postgres_study(tmp_path, pg_urls):
+    storage, mlflow_uri = pg_urls
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # create MLflow's schema once, before the workers
+    per_worker = 3
+    procs = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for i in range(2):  # two "machines": own directory and cache, one study and one MLflow server
+        wd = tmp_path / f"worker{i}"
+        wd.mkdir()
+        cmd = sweep_cmd(wd, "engine=choice(tf,tflite)", "precision=choice(fp32,fp16,int8)", "batch_size=choice(1,8)",
+                        f"hydra.sweeper.n_trials={per_worker}", study="shared", storage=storage, mlflow=mlflow_uri)
+        procs.append(subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    study = load(storage, "shared")
+    assert sorted(numbers_unique(study)) == list(range(2 * per_worker))
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    check_mlflow_children(study, mlflow_uri, "shared")
