@@ -35,18 +35,32 @@ DATA = ROOT / "benchmarks" / "data" / "grid_digits_cnn.csv"
 sys.path.insert(0, str(ROOT))  # hydra_plugins/ is importable from a checkout without installing
 
 PRECISIONS = "fp32,fp16,int8,int8_dynamic"
-BATCH_SIZES = "1,8,32"
-# One multirun per engine: each engine has its own parameters.
-GRIDS: Dict[str, List[str]] = {
-    "tflite": ["engine=tflite", f"precision={PRECISIONS}", "engine.num_threads=1,2", f"batch_size={BATCH_SIZES}",
-               "engine.use_xnnpack=true,false"],
-    "onnx": ["engine=onnx", f"precision={PRECISIONS}", "engine.intra_op_num_threads=1,2", f"batch_size={BATCH_SIZES}"],
-}
-# The same space in the Optuna sweeper's grammar (engine.<p> is suggested only for engines that have it).
-SPACE = ["engine=choice(tflite,onnx)", f"precision=choice({PRECISIONS})", f"batch_size=choice({BATCH_SIZES})",
-         "engine.num_threads=choice(1,2)", "engine.use_xnnpack=choice(true,false)",
-         "engine.intra_op_num_threads=choice(1,2)"]
-SPACE_KEYS = {line.split("=", 1)[0] for line in SPACE}
+GRIDS: Dict[str, List[str]] = {}
+SPACE: List[str] = []
+SPACE_KEYS: set = set()
+# measurement settings while recording heavier models (a ms-scale model needs fewer iterations)
+RECORD_MEASURE = {"digits_cnn": [], "mobilenet_v2": ["measure.min_iters=10", "data.eval_samples=64",
+                                                     "data.calibration_samples=64"]}
+
+
+def configure(batch_sizes: str = "1,8,32") -> None:
+    """The grid (one multirun per engine: each has its own parameters) and the same space in the Optuna
+    sweeper's grammar (engine.<p> is suggested only for engines that have it)."""
+    GRIDS.clear()
+    GRIDS.update({
+        "tflite": ["engine=tflite", f"precision={PRECISIONS}", "engine.num_threads=1,2", f"batch_size={batch_sizes}",
+                   "engine.use_xnnpack=true,false"],
+        "onnx": ["engine=onnx", f"precision={PRECISIONS}", "engine.intra_op_num_threads=1,2",
+                 f"batch_size={batch_sizes}"],
+    })
+    SPACE[:] = ["engine=choice(tflite,onnx)", f"precision=choice({PRECISIONS})", f"batch_size=choice({batch_sizes})",
+                "engine.num_threads=choice(1,2)", "engine.use_xnnpack=choice(true,false)",
+                "engine.intra_op_num_threads=choice(1,2)"]
+    SPACE_KEYS.clear()
+    SPACE_KEYS.update(line.split("=", 1)[0] for line in SPACE)
+
+
+configure()
 KEEP = ["model", "engine", "precision", "batch_size", "engine.num_threads", "engine.use_xnnpack",
         "engine.intra_op_num_threads", "status", "reason", "throughput_ips", "latency_p50_ms", "latency_p99_ms",
         "latency_cv", "accuracy", "accuracy_drop", "top1_agreement", "host.cpu_model", "host.cores", "trial_key"]
@@ -65,7 +79,8 @@ def record(out: Path, model: str = "digits_cnn") -> Path:
     with tempfile.TemporaryDirectory(prefix="trtsweep-grid-") as tmp:
         for engine, overrides in GRIDS.items():
             sweep_dir = Path(tmp) / f"sweep-{engine}"
-            cmd = [sys.executable, str(ROOT / "sweep.py"), "-m", f"model={model}", *overrides, "tracking=none",
+            cmd = [sys.executable, str(ROOT / "sweep.py"), "-m", f"model={model}", *overrides,
+                   *RECORD_MEASURE.get(model, []), "tracking=none",
                    f"cache_dir={tmp}/cache", f"hydra.sweep.dir={sweep_dir}", "name=search_efficiency"]
             print("recording:", " ".join(cmd[2:]), flush=True)
             t0 = time.time()
@@ -227,12 +242,16 @@ def print_table(grid: Grid, table: List[Dict[str, Any]], seeds: int) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--record", action="store_true", help="measure the grid for real and write the CSV")
-    ap.add_argument("--csv", type=Path, default=DATA, help=f"grid CSV (default {DATA.relative_to(ROOT)})")
+    ap.add_argument("--model", default="digits_cnn", help="model of the grid (CSV: benchmarks/data/grid_<model>.csv)")
+    ap.add_argument("--batch-sizes", default=None, help="grid batch sizes (default 1,8,32; mobilenet_v2: 1,4)")
+    ap.add_argument("--csv", type=Path, default=None, help=f"grid CSV (default {DATA.relative_to(ROOT)})")
     ap.add_argument("--seeds", type=int, default=20, help="seeds per sampler (≥ 10)")
     ap.add_argument("--samplers", default="tpe,random", help="comma-separated sweeper sampler names")
     args = ap.parse_args(argv)
+    configure(args.batch_sizes or ("1,8,32" if args.model == "digits_cnn" else "1,4"))
+    args.csv = args.csv or DATA.with_name(f"grid_{args.model}.csv")
     if args.record:
-        record(args.csv)
+        record(args.csv, args.model)
         return 0
     if not args.csv.exists():
         print(f"{args.csv} does not exist; fix: run with --record first", file=sys.stderr)

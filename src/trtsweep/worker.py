@@ -193,11 +193,31 @@ def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
     return (target / meta["artifact_name"]) if meta["artifact_name"] else Path(meta["artifact"]), meta
 
 
+def _fidelity(spec, runner, eval_batches, ds, reference) -> dict:
+    """Outputs on the evaluation set vs TF FP32, once per converted artifact and output-relevant settings:
+    the batch size and thread counts do not change what a model computes, so their sweeps reuse it."""
+    from trtsweep.fidelity import compare
+
+    settings = {k: v for k, v in spec.engine_params.items() if "thread" not in k}
+    key = _key([spec.conversion_key(), spec.data.__dict__, settings])
+    cache = Path(spec.cache_dir) / "artifacts" / spec.engine / spec.conversion_key() / f"fidelity-{key}.json"
+    if cache.exists() and not spec.force:
+        return json.loads(cache.read_text())
+    outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
+    out = np.concatenate(outs)[: ds.eval_count]
+    result = compare(out, reference, ds.labels)
+    if cache.parent.is_dir():
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f)
+        os.replace(tmp, cache)
+    return result
+
+
 def run_trial(payload: dict) -> dict:
     from trtsweep.config import TrialSpec
     from trtsweep.data import batches
     from trtsweep.engines.base import get_engine, make_params, ModelInfo
-    from trtsweep.fidelity import compare
     from trtsweep.host import host_facts
     from trtsweep.measure import measure
 
@@ -223,9 +243,7 @@ def run_trial(payload: dict) -> dict:
         t_measure = time.perf_counter()
         m = measure(runner.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
-        outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
-        out = np.concatenate(outs)[: ds.eval_count]
-        fidelity = compare(out, reference, ds.labels)
+        fidelity = _fidelity(spec, runner, eval_batches, ds, reference)
         describe = runner.describe()
     finally:
         runner.close()
