@@ -77,6 +77,8 @@ class TrtsweepGridSweeper(BasicSweeper):
         self._planned = True
         try:
             returns = super().sweep(arguments)
-        finally:
-            finish_sweep(ctx)
+        except BaseException:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
+            finish_sweep(ctx, status="KILLED")
+            raise
+        finish_sweep(ctx)
         return returns

@@ -147,7 +147,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     return SweepContext(sweep_dir, parent, tracker)
 
 
-def finish_sweep(ctx: SweepContext, print_summary: bool = True) -> "Any":
+def finish_sweep(ctx: SweepContext, print_summary: bool = True, status: str = "FINISHED") -> "Any":
     from trtsweep import report, runner
 
     df = report.table(report.load_trial_records(ctx.sweep_dir))
@@ -163,7 +163,7 @@ def finish_sweep(ctx: SweepContext, print_summary: bool = True) -> "Any":
             if not best.empty:
                 b = best.sort_values("throughput_ips").iloc[-1]
                 summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
-            ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1])
+            ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1], status=status)
         except Exception as e:  # noqa: BLE001
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.pool().stop()

@@ -19,6 +19,8 @@ from trtsweep.engines.base import PRECISIONS, get_engine, make_params
 from trtsweep.errors import ConfigError
 
 MODEL_SOURCES = ("digits_cnn", "keras", "saved_model", "unsupported_op")
+#: bump when a generated model's builder changes: cached models, conversions and results keyed on it go stale
+GENERATED_MODEL_VERSION = 2
 DATA_SOURCES = ("digits", "sample_images", "random", "file")
 FAULTS = (None, "crash", "hang", "raise", "oom")
 
@@ -37,6 +39,7 @@ class ModelConfig:
     seed: int = 0
     epochs: int = 12
     default_data: str = "random"  # the data used when data=auto
+    classifier_activation: str | None = "softmax"  # keras applications: null = logits
 
 
 @dataclass
@@ -123,6 +126,8 @@ class TrialSpec:
         m = dataclasses.asdict(self.model)
         if self.model.path:
             m["path"] = os.path.abspath(self.model.path)
+        if self.model.source != "saved_model":
+            m["builder_version"] = GENERATED_MODEL_VERSION
         return m
 
     def conversion_key(self) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtsweep.config import ModelConfig
+from trtsweep.config import GENERATED_MODEL_VERSION, ModelConfig
 from trtsweep.engines.base import ModelInfo, TensorSpec
 from trtsweep.errors import ModelError
 
@@ -106,6 +106,7 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
 
 def _config_hash(cfg: ModelConfig) -> str:
     d = dataclasses.asdict(cfg)
+    d["builder_version"] = GENERATED_MODEL_VERSION
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -177,8 +178,34 @@ def build_keras_application(cfg: ModelConfig, out: Path) -> None:
     if cls is None:
         raise ModelError(f"model.application={cfg.application} is not in keras.applications; fix: e.g. MobileNetV2, ResNet50")
     size = cfg.input_size or 224
-    model = cls(weights=None, input_shape=(size, size, 3), classes=cfg.num_classes or 1000)
+    model = cls(weights=None, input_shape=(size, size, 3), classes=cfg.num_classes or 1000,
+                classifier_activation=cfg.classifier_activation)
+    _reestimate_batchnorm(model, size, cfg)
     model.export(str(out), verbose=False)
+
+
+def _reestimate_batchnorm(model, size: int, cfg: ModelConfig, n: int = 32) -> None:
+    """Data-dependent init of BatchNorm statistics (no weights learned): with random weights and the default
+    moving statistics, activations shrink layer after layer and every output is ≈ 0, so any precision's
+    top-1 is decided by rounding noise.  One training-mode pass over real image crops (scikit-learn's
+    sample photos) with momentum 0 sets each layer's moving mean/variance to that batch's statistics, so
+    outputs depend on the input again and the fidelity metrics mean something."""
+    import keras
+
+    from trtsweep.config import DataConfig
+    from trtsweep.data import load
+    from trtsweep.engines.base import ModelInfo, TensorSpec
+
+    info = ModelInfo(cfg.name, "", "", [TensorSpec("x", (None, size, size, 3), "float32")], [], "",
+                     input_range=tuple(cfg.input_range) if cfg.input_range else None)
+    x = load(DataConfig(name="sample_images", calibration_samples=0, eval_samples=n, seed=cfg.seed + 1), info)
+    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(x.evaluation["x"], training=True)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
 
 
 def build_unsupported_op(cfg: ModelConfig, out: Path) -> None:
