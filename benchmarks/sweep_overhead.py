@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, host_line, run_sweep  # noqa: E402
+from _common import host_line, run_sweep  # noqa: E402
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from trtsweep.config import TrialSpec, plan_trial, to_container, tracking_config
-from trtsweep.errors import ConfigError, TrtsweepError, one_line
+from trtsweep.config import TrialSpec, plan_trial, tracking_config
+from trtsweep.errors import ConfigError, one_line
 
 log = logging.getLogger("trtsweep")
 
@@ -259,4 +259,4 @@ def run_job(cfg: Any) -> dict:
             "row": r}
 
 
-__all__ = ["plan_sweep", "start_sweep", "finish_sweep", "run_job", "sweep_key", "fail", "TrtsweepError"]
+__all__ = ["plan_sweep", "start_sweep", "finish_sweep", "run_job", "sweep_key", "fail"]

@@ -16,7 +16,7 @@ def doctor(_: argparse.Namespace) -> int:
     facts = host_facts()
     print(f"host: {facts['host.cpu_model']} | flags: {facts['host.cpu_flags']} | cores: {facts['host.cores']} "
           f"| GPU: {facts.get('host.gpu', 'none')}")
-    print(f"versions: " + ", ".join(f"{k[8:]} {v}" for k, v in facts.items() if k.startswith("version.")))
+    print("versions: " + ", ".join(f"{k[8:]} {v}" for k, v in facts.items() if k.startswith("version.")))
     width = max(len(n) for n in engine_names())
     for name in engine_names():
         eng = get_engine(name)

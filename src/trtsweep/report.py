@@ -10,7 +10,6 @@ from typing import Iterable
 
 import pandas as pd
 
-from trtsweep.config import flatten
 
 KEY_COLUMNS = ["model", "engine", "precision", "batch_size", "status"]
 SHOW_METRICS = ["latency_p50_ms", "throughput_ips", "top1_agreement", "accuracy_drop"]
@@ -210,4 +209,4 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-__all__ = ["table", "write", "best_per_model", "pareto_front", "summary_text", "short_table", "flatten", "regressions", "plot"]
+__all__ = ["table", "write", "best_per_model", "pareto_front", "summary_text", "short_table", "regressions", "plot"]
