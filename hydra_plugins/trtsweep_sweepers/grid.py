@@ -39,7 +39,8 @@ class TrtsweepGridSweeper(BasicSweeper):
             super().validate_batch_is_legal(batch)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from trtsweep.app import fail, finish_sweep, job_config, plan_sweep, start_sweep, sweep_key, tracker_in_background
+        from trtsweep.app import (fail, finish_sweep, job_config, plan_sweep, resolve_specs_models, start_sweep, sweep_key,
+                                  tracker_in_background)
         from trtsweep.errors import ConfigError
 
         assert self.config is not None and self.hydra_context is not None
@@ -58,9 +59,10 @@ class TrtsweepGridSweeper(BasicSweeper):
             configs = [loader.load_sweep_config(self.config, job) for job in jobs]
         except Exception as e:  # noqa: BLE001 - composition errors (unknown option, key...)
             fail(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
-        tracker_future = tracker_in_background(job_config(configs[0])) if configs else None
         try:
-            plan = plan_sweep(configs)
+            plan = plan_sweep(configs, resolve_models=False)  # cheap checks first: a typo fails at once
+            tracker_future = tracker_in_background(job_config(configs[0])) if configs else None
+            resolve_specs_models(plan.specs)  # TensorFlow work in the worker while MLflow opens
         except ConfigError as e:
             runner.pool().stop()
             fail(str(e))

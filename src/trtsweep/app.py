@@ -69,11 +69,11 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
         except ConfigError as e:
             raise ConfigError(f"{e}" + (f" (job #{i})" if len(plain) > 1 else "")) from None
     if resolve_models:
-        _resolve_models(specs)
+        resolve_specs_models(specs)
     return Plan(specs, plain, batch_sizes)
 
 
-def _resolve_models(specs: list[TrialSpec]) -> None:
+def resolve_specs_models(specs: list[TrialSpec]) -> None:
     """Build/read each distinct model once, so a bad signature or dimension fails before any trial."""
     from trtsweep import runner
 
@@ -213,7 +213,7 @@ def run_job(cfg: Any) -> dict:
         sweep_dir = Path(hc.runtime.output_dir)
         try:
             if not multirun:
-                _resolve_models([spec])
+                resolve_specs_models([spec])
         except ConfigError as e:
             runner.pool().stop()
             fail(str(e))
@@ -259,4 +259,4 @@ def run_job(cfg: Any) -> dict:
             "row": r}
 
 
-__all__ = ["plan_sweep", "start_sweep", "finish_sweep", "run_job", "sweep_key", "fail"]
+__all__ = ["plan_sweep", "resolve_specs_models", "start_sweep", "finish_sweep", "run_job", "sweep_key", "fail"]
