@@ -141,7 +141,7 @@ class TrialSpec:
                  "params": params, "calibration": calib}
         if self.engine == "tftrt":  # TF-TRT pre-builds engines for the batch sizes it will run
             ident["batch_sizes"] = sorted(set(self.sweep_batch_sizes or [self.batch_size]))
-        return _digest(ident)
+        return digest(ident)
 
     def trial_key(self) -> str:
         """Identifies a measured result: same key, same measurement (the resume cache)."""
@@ -151,7 +151,7 @@ class TrialSpec:
             "measure": dataclasses.asdict(self.measure), "fidelity": dataclasses.asdict(self.fidelity),
             "fault": self.trial.fault,
         }
-        return _digest(ident)
+        return digest(ident)
 
     def label(self) -> str:
         """Short description: engine params only where they differ from the engine's defaults."""
@@ -161,7 +161,8 @@ class TrialSpec:
         return f"{self.model.name} {self.engine} {self.precision} bs={self.batch_size}" + (f" [{extra}]" if extra else "")
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (cache keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -8,7 +8,6 @@ and models, data and reference outputs are cached in memory and on disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from trtsweep.config import digest
+from trtsweep.runner import atomic_write_json
 
 log = logging.getLogger("trtsweep.worker")
 
@@ -55,10 +57,6 @@ def serve(conn, env: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def warm(_: Any = None) -> bool:
     """Import TensorFlow ahead of the first request (sent when a sweep starts)."""
     import tensorflow  # noqa: F401
@@ -71,7 +69,7 @@ def resolve_model(payload: dict):
     from trtsweep.config import ModelConfig
 
     cfg = ModelConfig(**payload["model"])
-    k = _key(payload)
+    k = digest(payload)
     if k not in _models:
         _models[k] = models.resolve(cfg, payload["cache_dir"])
     return _models[k].to_dict()
@@ -80,7 +78,7 @@ def resolve_model(payload: dict):
 def _dataset(spec, model):
     from trtsweep import data
 
-    k = _key([model.fingerprint, spec.data.__dict__])
+    k = digest([model.fingerprint, spec.data.__dict__])
     if k not in _datasets:
         _datasets[k] = data.load(spec.data, model)
     return _datasets[k]
@@ -91,7 +89,7 @@ def _reference(spec, model, ds) -> np.ndarray:
     from trtsweep.data import batches
     from trtsweep.engines.tf import TFRunner
 
-    k = _key([model.fingerprint, model.signature_key, spec.data.__dict__])
+    k = digest([model.fingerprint, model.signature_key, spec.data.__dict__])
     if k in _refs:
         return _refs[k]
     path = Path(spec.cache_dir) / "reference" / f"{model.name}-{k}.npy"
@@ -193,24 +191,21 @@ def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
     return (target / meta["artifact_name"]) if meta["artifact_name"] else Path(meta["artifact"]), meta
 
 
-def _fidelity(spec, runner, eval_batches, ds, reference) -> dict:
+def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) -> dict:
     """Outputs on the evaluation set vs TF FP32, once per converted artifact and output-relevant settings:
     the batch size and thread counts do not change what a model computes, so their sweeps reuse it."""
     from trtsweep.fidelity import compare
 
     settings = {k: v for k, v in spec.engine_params.items() if "thread" not in k}
-    key = _key([spec.conversion_key(), spec.data.__dict__, settings])
-    cache = Path(spec.cache_dir) / "artifacts" / spec.engine / spec.conversion_key() / f"fidelity-{key}.json"
+    key = digest([conversion_key, spec.data.__dict__, settings])
+    cache = Path(spec.cache_dir) / "artifacts" / spec.engine / conversion_key / f"fidelity-{key}.json"
     if cache.exists() and not spec.force:
         return json.loads(cache.read_text())
     outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
     out = np.concatenate(outs)[: ds.eval_count]
     result = compare(out, reference, ds.labels)
     if cache.parent.is_dir():
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f)
-        os.replace(tmp, cache)
+        atomic_write_json(cache, result)
     return result
 
 
@@ -243,7 +238,7 @@ def run_trial(payload: dict) -> dict:
         t_measure = time.perf_counter()
         m = measure(runner.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
-        fidelity = _fidelity(spec, runner, eval_batches, ds, reference)
+        fidelity = _fidelity(spec, conv["conversion_key"], runner, eval_batches, ds, reference)
         describe = runner.describe()
     finally:
         runner.close()
