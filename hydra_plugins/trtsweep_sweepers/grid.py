@@ -1,5 +1,8 @@
 """The grid sweeper (``hydra/sweeper=trtsweep``, the default): Hydra's basic sweeper, plus
 
+* ``engine.<param>`` overrides apply only to the jobs whose engine has that parameter (as in the
+  Optuna sweeper), so ``engine=tf,tflite engine.num_threads=1,2`` is one grid; jobs that become
+  identical are run once, and a parameter no swept engine has is an error naming those that do;
 * every job of the multirun is composed and validated before the first trial (an invalid value
   stops the sweep with one line; an unsupported combination is planned as ``skipped``);
 * one MLflow parent run per sweep (reused when the same sweep is started again), and
@@ -10,7 +13,7 @@
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -54,6 +57,13 @@ class TrtsweepGridSweeper(BasicSweeper):
         except Exception as e:  # noqa: BLE001 - bad sweep syntax
             fail(f"{e}".splitlines()[0])
         jobs = [list(job) for batch in batches for job in batch]
+        try:
+            jobs, notes = engine_param_jobs(jobs, str(self.config.engine.name))
+        except ConfigError as e:
+            runner.pool().stop()
+            fail(str(e))
+        for note in notes:
+            log.info("plan: %s", note)
         loader = self.hydra_context.config_loader
         try:
             configs = [loader.load_sweep_config(self.config, job) for job in jobs]
@@ -78,9 +88,77 @@ class TrtsweepGridSweeper(BasicSweeper):
                           len(jobs), plan.batch_sizes, {"sweeper": "grid"}, tracker_future)
         self._planned = True
         try:
-            returns = super().sweep(arguments)
+            returns = self._launch(jobs)
         except BaseException:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
             finish_sweep(ctx, status="KILLED")
             raise
         finish_sweep(ctx)
         return returns
+
+    def _launch(self, jobs: List[List[str]]) -> List[Any]:
+        """Hydra's basic sweeper's loop, over the planned (filtered, de-duplicated) jobs."""
+        assert self.launcher is not None
+        size = self.max_batch_size or len(jobs) or 1
+        returns, index = [], 0
+        for start in range(0, len(jobs), size):
+            batch = jobs[start:start + size]
+            results = self.launcher.launch(batch, initial_job_idx=index)
+            for r in results:
+                _ = r.return_value  # raises if the job itself failed (not a failed trial: those return)
+            index += len(batch)
+            returns.append(results)
+        return returns
+
+
+def _split(override: str) -> Tuple[str, str, str]:
+    """'+engine.num_threads=2' -> ('+', 'engine.num_threads', '2')."""
+    key, _, value = override.partition("=")
+    stripped = key.lstrip("+~")
+    return key[: len(key) - len(stripped)], stripped, value
+
+
+def engine_param_jobs(jobs: List[List[str]], default_engine: str) -> Tuple[List[List[str]], List[str]]:
+    """Keep each ``engine.<param>`` override only in the jobs whose engine has that parameter; drop
+    the jobs that become duplicates.  Returns the jobs and one plan note per parameter that applies to
+    only some of the swept engines.  A parameter that none of them has is a ConfigError naming the
+    engines that have it."""
+    from trtsweep.engines.base import engine_names, engine_param_names
+    from trtsweep.errors import ConfigError
+
+    applies: Dict[str, set] = {}
+    engines_seen: List[str] = []
+    out: List[List[str]] = []
+    seen = set()
+    for job in jobs:
+        engine = next((_split(o)[2] for o in job if _split(o)[1] == "engine"), default_engine)
+        if engine not in engines_seen:
+            engines_seen.append(engine)
+        known = engine_param_names(engine) if engine in engine_names() else None
+        kept = []
+        for o in job:
+            key = _split(o)[1]
+            if key.startswith("engine.") and known is not None:
+                param = key[len("engine."):].split(".")[0]
+                applies.setdefault(param, set())
+                if param not in known:
+                    continue
+                applies[param].add(engine)
+            kept.append(o)
+        ident = tuple(kept)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(kept)
+    notes = []
+    for param, engines in applies.items():
+        if not engines:
+            having = [e for e in engine_names() if param in engine_param_names(e)]
+            raise ConfigError(
+                f"engine.{param} is not a parameter of any engine in this sweep ({', '.join(engines_seen)}); "
+                + (f"engines that have it: {', '.join(having)}" if having else "no engine has it")
+                + "; fix: " + "; ".join(f"{e}: {', '.join(sorted(engine_param_names(e)))}"
+                                        for e in engines_seen if e in engine_names()))
+        if set(engines_seen) - engines:
+            only = sorted(engines)
+            notes.append(f"engine.{param} applies to {', '.join(only)} only"
+                         f" (not {', '.join(e for e in engines_seen if e not in engines)})")
+    return out, notes

@@ -97,6 +97,7 @@ class SweepContext:
     parent_run_id: str | None
     tracker: Any
     started: float = field(default_factory=time.time)
+    cfg: dict = field(default_factory=dict)  # the sweep's base config (confirm.*, tracking.*)
 
 
 def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
@@ -144,13 +145,61 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
         os.environ.pop(ENV_PARENT, None)
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
              f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
-    return SweepContext(sweep_dir, parent, tracker)
+    return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg))
+
+
+def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
+    """Re-measure each group's close candidates interleaved; write confirmation.json and best.yaml."""
+    from trtsweep import confirm, runner
+    from trtsweep.config import confirm_config
+
+    conf = confirm_config(ctx.cfg)
+    if not conf.enabled:
+        return []
+    try:
+        verdicts = confirm.run(records, conf.top_k, conf.rounds)
+    except Exception as e:  # noqa: BLE001 - the sweep's own results stand; the detail goes to the log
+        log.error("confirmation failed, keeping the sweep's own ranking: %s", one_line(e))
+        log.debug("confirmation error", exc_info=True)
+        return []
+    if verdicts:
+        by_key = {r["trial_key"]: r for r in records}
+        runner.atomic_write_json(ctx.sweep_dir / "confirmation.json", [v.__dict__ for v in verdicts])
+        write_best_yaml(ctx.sweep_dir / "best.yaml", verdicts, by_key)
+    return verdicts
+
+
+def write_best_yaml(path: Path, verdicts: list, by_key: dict[str, dict]) -> Path:
+    """The exact overrides that reproduce each confirmed winner (``python sweep.py <overrides>``)."""
+    import yaml
+
+    entries = []
+    for v in verdicts:
+        rec = by_key[v.winner]
+        spec = rec["spec"]
+        overrides = [o for o in rec.get("overrides", []) if not o.startswith(("threads=", "hydra."))]
+        overrides.append(f"threads={spec['threads']}")  # the resolved core budget, never "all cores"
+        st = v.stats[v.winner]
+        entries.append({
+            "model": spec["model"]["name"], "batch_size": spec["batch_size"], "engine": spec["engine"],
+            "precision": spec["precision"], "engine_params": spec["engine_params"], "threads": spec["threads"],
+            "trial_key": v.winner, "overrides": overrides, "command": "python sweep.py " + " ".join(overrides),
+            "confirm_throughput_ips": round(st["confirm_throughput_ips"], 3),
+            "confirm_ci": [round(st["confirm_ci_low"], 3), round(st["confirm_ci_high"], 3)],
+            "tie": v.is_tie, "tied_with": [k for k in v.tied if k != v.winner], "verdict": v.text,
+        })
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump({"best": entries}, sort_keys=False, allow_unicode=True))
+    os.replace(tmp, path)
+    return path
 
 
 def finish_sweep(ctx: SweepContext, print_summary: bool = True, status: str = "FINISHED") -> "Any":
     from trtsweep import report, runner
 
-    df = report.table(report.load_trial_records(ctx.sweep_dir))
+    records = report.load_trial_records(ctx.sweep_dir)
+    verdicts = confirm_winners(ctx, records) if status == "FINISHED" else []
+    df = report.apply_confirmation(report.table(records), verdicts)
     paths = report.write(df, ctx.sweep_dir) if not df.empty else []
     if print_summary and not df.empty:
         print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df) + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}",
@@ -163,6 +212,9 @@ def finish_sweep(ctx: SweepContext, print_summary: bool = True, status: str = "F
             if not best.empty:
                 b = best.sort_values("throughput_ips").iloc[-1]
                 summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
+            if verdicts:
+                ctx.tracker.log_confirmation(ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
+                                             ctx.sweep_dir / "best.yaml")
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1], status=status)
         except Exception as e:  # noqa: BLE001
             log.error("could not finish the MLflow parent run: %s", one_line(e))
@@ -170,6 +222,11 @@ def finish_sweep(ctx: SweepContext, print_summary: bool = True, status: str = "F
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):
         os.environ.pop(var, None)
     return df
+
+
+def _child_runs(records: list[dict], parent: str) -> dict[str, str]:
+    return {r["trial_key"]: r.get("mlflow_run_ids", {}).get(parent) for r in records
+            if r.get("mlflow_run_ids", {}).get(parent)}
 
 
 # ---------------------------------------------------------------------------
@@ -182,15 +239,21 @@ def _progress_line(index: int, total: int, spec: TrialSpec, result) -> str:
     m = result.metrics
     if result.status in ("ok", "accuracy_violation") and "latency_p50_ms" in m:
         acc = m.get("accuracy")
-        outcome = (f"p50 {m['latency_p50_ms']:.3f} ms, {m['throughput_ips']:.1f} items/s, "
+        outcome = (f"p50 {m['latency_p50_ms']:.3f} ms, {m['throughput_ips']:.1f} items/s "
+                   f"(95% CI {m.get('throughput_ci_low', float('nan')):.1f}–{m.get('throughput_ci_high', float('nan')):.1f}), "
                    f"agreement {m.get('top1_agreement', float('nan')):.3f}"
                    + (f", accuracy {acc:.3f}" if acc is not None else "")
-                   + (" (cached)" if result.cached else ""))
+                   + (f", UNSTABLE (spread {m.get('latency_cv', 0):.0%})" if result.unstable else "")
+                   + (f" (cached, measured {_date(result.started_at)})" if result.cached else ""))
         if result.status == "accuracy_violation":
             outcome += f" — ACCURACY VIOLATION: {result.reason}"
     else:
         outcome = f"{result.status.upper()}: {result.reason}"
     return f"[{index}/{total}] {_bar(index, total)} {spec.label()} → {outcome}"
+
+
+def _date(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "?"
 
 
 def run_job(cfg: Any) -> dict:
@@ -249,7 +312,8 @@ def run_job(cfg: Any) -> dict:
         except Exception as e:  # noqa: BLE001 - the result is safe in the cache and results.csv
             log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
             log.debug("MLflow error", exc_info=True)
-    runner.atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json", result.to_dict())
+    runner.atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json",
+                             {**result.to_dict(), "overrides": list(hc.overrides.task)})
     log.info(_progress_line(index, total, spec, result))
     if own_sweep:
         finish_sweep(ctx, print_summary=True)

@@ -8,15 +8,15 @@ value and the fix.  Unsupported-but-valid combinations (``engine=tf precision=in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from trtsweep import cores
 from trtsweep.engines.base import PRECISIONS, get_engine, make_params
 from trtsweep.errors import ConfigError
+from trtsweep.identity import digest, host_identity, library_versions, model_fingerprint
 
 MODEL_SOURCES = ("digits_cnn", "keras", "saved_model", "unsupported_op")
 #: bump when a generated model's builder changes: cached models, conversions and results keyed on it go stale
@@ -58,7 +58,17 @@ class MeasureConfig:
     min_time_s: float = 1.0
     repeats: int = 3
     trim: float = 0.05
-    max_cv: float = 0.10
+    max_cv: float = 0.10  # spread of repeat means above which more repeats run (then: unstable)
+    max_repeats: int = 10  # the bound on those extra repeats
+
+
+@dataclass
+class ConfirmConfig:
+    """Re-measure the close candidates at the end of a sweep, interleaved, before naming a winner."""
+
+    enabled: bool = True
+    top_k: int = 3  # at most this many candidates (those whose CI overlaps the best one's)
+    rounds: int = 5  # interleaved rounds A B C A B C ...; each round is one timed repeat per candidate
 
 
 @dataclass
@@ -76,7 +86,7 @@ class TrialConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"
+    uri: str | None = "sqlite:///mlflow.db"  # null with tracking=none
     experiment: str = "trtsweep"
     log_models: bool = True
     enabled: bool = True
@@ -99,6 +109,11 @@ class TrialSpec:
     force: bool = False
     skip_reason: str | None = None
     sweep_batch_sizes: list = field(default_factory=list)
+    threads: int = 1  # the resolved core budget of this trial (what its engine's thread params follow)
+    core_set: list = field(default_factory=list)  # the cores the worker is pinned to for this trial
+    model_fingerprint: str = ""  # content identity of the model (see identity.model_fingerprint)
+    versions: dict = field(default_factory=dict)  # converter/runtime library versions of this engine
+    host: dict = field(default_factory=dict)  # identity.host_identity(core_set), fixed at plan time
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,51 +134,76 @@ class TrialSpec:
             force=d.get("force", False),
             skip_reason=d.get("skip_reason"),
             sweep_batch_sizes=list(d.get("sweep_batch_sizes") or []),
+            threads=int(d.get("threads", 1)), core_set=list(d.get("core_set") or []),
+            model_fingerprint=d.get("model_fingerprint", ""), versions=dict(d.get("versions") or {}),
+            host=dict(d.get("host") or {}),
         )
 
     # identity ---------------------------------------------------------------
     def model_key(self) -> dict:
-        m = dataclasses.asdict(self.model)
-        if self.model.path:
-            m["path"] = os.path.abspath(self.model.path)
-        if self.model.source != "saved_model":
-            m["builder_version"] = GENERATED_MODEL_VERSION
-        return m
+        """The model's identity: its config plus its content (``model_fingerprint``, set at plan time)."""
+        return {**model_identity(self.model), "fingerprint": self.model_fingerprint}
 
-    def conversion_key(self) -> str:
-        """Identifies the converted artifact: a batch-size or thread sweep reuses one conversion."""
+    def conversion_identity(self) -> dict:
+        """What a converted artifact depends on: model content, converter/library versions, conversion
+        parameters (and calibration data).  Batch-size and thread sweeps share one conversion."""
         eng = get_engine(self.engine)
         params = eng.conversion_params(make_params(eng, self.engine_params))
         calib = dataclasses.asdict(self.data) if eng.needs_calibration(self.precision, None) else None
         if calib is not None:
             calib.pop("eval_samples", None)
         ident = {"model": self.model_key(), "engine": self.engine, "precision": self.precision,
-                 "params": params, "calibration": calib}
+                 "params": params, "calibration": calib, "versions": self.versions}
         if self.engine == "tftrt":  # TF-TRT pre-builds engines for the batch sizes it will run
             ident["batch_sizes"] = sorted(set(self.sweep_batch_sizes or [self.batch_size]))
-        return digest(ident)
+        return ident
+
+    def conversion_key(self) -> str:
+        return digest(self.conversion_identity())
+
+    def trial_identity(self) -> dict:
+        """What a measured result depends on: the conversion's identity, every runtime setting, the
+        measurement method, and the host (CPU model and flags, core set, GPU and driver)."""
+        return {
+            "conversion": self.conversion_identity(), "params": self.engine_params, "threads": self.threads,
+            "batch_size": self.batch_size, "data": dataclasses.asdict(self.data),
+            "measure": dataclasses.asdict(self.measure), "fidelity": dataclasses.asdict(self.fidelity),
+            "fault": self.trial.fault, "host": self.host,
+        }
 
     def trial_key(self) -> str:
         """Identifies a measured result: same key, same measurement (the resume cache)."""
-        ident = {
-            "model": self.model_key(), "engine": self.engine, "params": self.engine_params,
-            "precision": self.precision, "batch_size": self.batch_size, "data": dataclasses.asdict(self.data),
-            "measure": dataclasses.asdict(self.measure), "fidelity": dataclasses.asdict(self.fidelity),
-            "fault": self.trial.fault,
-        }
-        return digest(ident)
+        return digest(self.trial_identity())
 
     def label(self) -> str:
         """Short description: engine params only where they differ from the engine's defaults."""
         eng = get_engine(self.engine)
         defaults = dataclasses.asdict(eng.Params())
-        extra = ",".join(f"{k}={v}" for k, v in sorted(self.engine_params.items()) if defaults.get(k) != v)
-        return f"{self.model.name} {self.engine} {self.precision} bs={self.batch_size}" + (f" [{extra}]" if extra else "")
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.engine_params.items())
+                         if defaults.get(k) != v and k not in eng.thread_params)
+        return (f"{self.model.name} {self.engine} {self.precision} bs={self.batch_size} threads={self.threads}"
+                + (f" [{extra}]" if extra else ""))
 
 
-def digest(obj: Any) -> str:
-    """Short stable hash of a JSON-able object (cache keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def model_identity(model: ModelConfig) -> dict:
+    """One identity per model config (cache keys, the generated model's directory): the config with
+    an absolute path, plus the builder version for generated models."""
+    m = dataclasses.asdict(model)
+    if model.path:
+        m["path"] = os.path.abspath(os.path.expanduser(model.path))
+    if model.source != "saved_model":
+        m["builder_version"] = GENERATED_MODEL_VERSION
+    return m
+
+
+def resolve_threads(value: Any) -> int:
+    """``threads``: null = the core budget (affinity and cgroup quota, see :mod:`trtsweep.cores`)."""
+    if value is None:
+        return cores.core_budget()
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"threads={value!r} is invalid: must be an integer ≥ 1, or null for every core this "
+                          f"process may use ({cores.core_budget()} here); fix: threads={cores.core_budget()}")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -244,6 +284,8 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
     engine_name = engine_values.get("name")
     eng = get_engine(str(engine_name))
     params = make_params(eng, engine_values)
+    threads = resolve_threads(c.get("threads"))
+    threads = eng.resolve_threads(params, threads, explicit=c.get("threads") is not None)
 
     data = _structured(DataConfig, c["data"], "data")
     if data.name == "auto":
@@ -263,6 +305,10 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
     measure = _structured(MeasureConfig, c.get("measure", {}), "measure")
     _positive("measure.min_iters", measure.min_iters, "measure.min_iters=50")
     _positive("measure.repeats", measure.repeats, "measure.repeats=3")
+    _positive("measure.max_cv", measure.max_cv, "measure.max_cv=0.10")
+    if measure.max_repeats < measure.repeats:
+        raise ConfigError(f"measure.max_repeats={measure.max_repeats} is below measure.repeats={measure.repeats}; "
+                          f"fix: measure.max_repeats={max(10, measure.repeats)}")
     _positive("measure.warmup_iters", measure.warmup_iters, "measure.warmup_iters=10", allow_zero=True)
     _positive("measure.min_time_s", measure.min_time_s, "measure.min_time_s=1.0", allow_zero=True)
     if not 0 <= measure.trim < 0.5:
@@ -275,12 +321,18 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
     if trial.fault not in FAULTS:
         raise ConfigError(f"trial.fault={trial.fault} is unknown; fix: one of crash, hang, raise, oom (test only)")
 
+    confirm_config(c)  # validated here so that a bad value fails before work, like every other one
+
     cache_dir = str(Path(c.get("cache_dir") or "outputs/cache").expanduser().resolve())
+    pinned = cores.core_set(threads)
     spec = TrialSpec(
         model=model, engine=eng.name, engine_params=dataclasses.asdict(params), precision=precision,
         batch_size=batch_size, data=data, measure=measure, fidelity=fidelity, trial=trial,
         cache_dir=cache_dir, force=bool(c.get("force", False)),
         sweep_batch_sizes=sorted(set(sweep_batch_sizes or [batch_size])),
+        threads=threads, core_set=pinned,
+        model_fingerprint=model_fingerprint(model.path) if model.source == "saved_model" else digest(model_identity(model)),
+        versions=library_versions(eng.libraries), host=host_identity(pinned),
     )
     reason = eng.unsupported(precision, params)
     if reason is None and eng.needs_calibration(precision, params) and data.calibration_samples == 0:
@@ -293,6 +345,15 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
             reason = availability.reason
     spec.skip_reason = reason
     return spec
+
+
+def confirm_config(cfg: Any) -> ConfirmConfig:
+    c = to_container(cfg)
+    conf = _structured(ConfirmConfig, c.get("confirm") or {}, "confirm")
+    _positive("confirm.top_k", conf.top_k, "confirm.top_k=3")
+    if conf.rounds < 2:
+        raise ConfigError(f"confirm.rounds={conf.rounds} is too few for a confidence interval; fix: confirm.rounds=5")
+    return conf
 
 
 def tracking_config(cfg: Any) -> TrackingConfig:
@@ -322,6 +383,8 @@ def mlflow_params(spec: TrialSpec, resolved: Mapping | None = None) -> dict[str,
     flat["engine"] = spec.engine
     flat["precision"] = spec.precision
     flat["batch_size"] = spec.batch_size
+    flat["threads"] = spec.threads
+    flat["core_set"] = ",".join(map(str, spec.core_set))
     flat["data"] = spec.data.name
     flat.pop("model.name", None)
     flat.pop("data.name", None)

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-QUERY_FIELDS = ("name", "driver_version", "memory.used", "memory.total")
+QUERY_FIELDS = ("name", "driver_version", "memory.used", "memory.total", "uuid")
 _TIMEOUT_S = 5.0
 _CUDA_RE = re.compile(r"CUDA Version:\s*([0-9][0-9.]*)")
 
@@ -55,11 +55,13 @@ def _visible_device() -> str | None:
 def parse_gpu_query(text: str) -> dict:
     """Parse ``nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total`` CSV (no header)."""
     rows = [[c.strip() for c in line.split(",")] for line in text.strip().splitlines() if line.strip()]
-    rows = [r for r in rows if len(r) == len(QUERY_FIELDS)]
+    rows = [r for r in rows if len(r) in (len(QUERY_FIELDS) - 1, len(QUERY_FIELDS))]  # uuid is optional
     if not rows:
         return {}
-    name, driver, used, total = rows[0]
+    name, driver, used, total = rows[0][:4]
     facts: dict = {"gpu_name": name, "gpu_driver": driver, "gpu_count": len(rows)}
+    if len(rows[0]) > 4:
+        facts["gpu_uuid"] = rows[0][4]
     for key, value in (("gpu_memory_used_mb", used), ("gpu_memory_total_mb", total)):
         try:
             facts[key] = int(float(value))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -20,7 +21,11 @@ def row(result: dict) -> dict:
     r = {
         "trial_key": result["trial_key"], "model": spec["model"]["name"], "engine": spec["engine"],
         "precision": spec["precision"], "batch_size": spec["batch_size"], "status": result["status"],
-        "reason": result.get("reason") or "", "data": spec["data"]["name"], "cached": result.get("cached", False),
+        "reason": result.get("reason") or "", "data": spec["data"]["name"], "threads": spec.get("threads"),
+        "core_set": ",".join(map(str, spec.get("core_set") or [])), "cached": bool(result.get("cached", False)),
+        "unstable": bool(result.get("unstable", False)),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["started_at"]))
+        if result.get("started_at") else "",
     }
     r.update({f"engine.{k}": v for k, v in spec["engine_params"].items()})
     r.update(result.get("metrics") or {})
@@ -55,13 +60,41 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
-    """Fastest trial per model (and batch size) that passed the accuracy check."""
+    """The recommended trial per model (and batch size): the confirmed winner where the sweep confirmed
+    one, else the fastest that passed the accuracy check, stable ones first (an unstable trial is
+    recommended only when no stable one passed)."""
     if df.empty or "throughput_ips" not in df:
         return df.iloc[0:0]
     ok = df[df.status == "ok"].dropna(subset=["throughput_ips"])
     if ok.empty:
         return ok
-    return ok.loc[ok.groupby(["model", "batch_size"])["throughput_ips"].idxmax()].reset_index(drop=True)
+    rows = []
+    for _, grp in ok.groupby(["model", "batch_size"]):
+        if "best" in grp and grp["best"].fillna(False).astype(bool).any():
+            rows.append(grp[grp["best"].fillna(False).astype(bool)].iloc[0])
+            continue
+        stable = grp[~grp["unstable"].fillna(False).astype(bool)] if "unstable" in grp else grp
+        pool = stable if not stable.empty else grp
+        rows.append(pool.loc[pool["throughput_ips"].idxmax()])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def apply_confirmation(df: pd.DataFrame, verdicts: Sequence) -> pd.DataFrame:
+    """Columns from the confirmation step: ``confirm_*`` metrics, ``best`` (the recommended trial of its
+    group) and ``tie`` (statistically tied with the fastest candidate)."""
+    if df.empty or not verdicts:
+        return df
+    df = df.copy()
+    df["best"] = False
+    df["tie"] = False
+    for v in verdicts:
+        for key, st in v.stats.items():
+            mask = df.trial_key == key
+            for col, val in st.items():
+                df.loc[mask, col] = val
+            df.loc[mask, "tie"] = v.is_tie and key in v.tied
+        df.loc[df.trial_key == v.winner, "best"] = True
+    return df
 
 
 def pareto_front(df: pd.DataFrame, x: str = "accuracy_drop", y: str = "throughput_ips") -> pd.DataFrame:
@@ -123,30 +156,58 @@ def summary_text(df: pd.DataFrame) -> str:
     best = best_per_model(df)
     if best.empty:
         lines.append("no trial passed the accuracy check")
+    varied = set(swept_columns(df))
     for _, r in best.iterrows():
-        params = ", ".join(f"{c[7:]}={_plain(r[c])}" for c in best.columns if c.startswith("engine.") and pd.notna(r[c]))
+        params = ", ".join(f"{c[7:]}={_plain(r[c])}" for c in best.columns
+                           if c.startswith("engine.") and c in varied and pd.notna(r[c]))
         sp = r.get("speedup_vs_tf_fp32")
         sp_txt = f", {sp:.2f}x vs tf fp32" if pd.notna(sp) else " (no engine=tf precision=fp32 trial at this batch size)"
+        conf = r.get("confirm_throughput_ips")
+        conf_txt = (f"; confirmed {conf:.1f} items/s (95% CI {r.confirm_ci_low:.1f}–{r.confirm_ci_high:.1f})"
+                    + (" — a statistical TIE, the cheapest of the tied is recommended" if r.get("tie") else "")
+                    if pd.notna(conf) else "")
+        flags = (" [cached, measured " + str(r.measured_at) + "]" if r.get("cached") else "") + (
+            f" [UNSTABLE: spread {r.latency_cv:.0%}]" if r.get("unstable") else "")
         lines.append(
             f"best for {r.model} bs={r.batch_size}: engine={r.engine} precision={r.precision}"
+            + (f" threads={_plain(r.threads)}" if pd.notna(r.get("threads")) else "")
             + (f" [{params}]" if params else "")
-            + f" — p50 {r.latency_p50_ms:.3f} ms, {r.throughput_ips:.1f} items/s{sp_txt}"
+            + f" — p50 {r.latency_p50_ms:.3f} ms, {r.throughput_ips:.1f} items/s{sp_txt}{conf_txt}{flags}"
         )
+    cached = df[df.get("cached", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+    if not cached.empty:
+        lines.append(f"{len(cached)} result(s) served from the cache (same model content, library versions, host "
+                     f"and settings), first measured {cached.measured_at.min()} … {cached.measured_at.max()}; "
+                     f"force=true re-measures")
     failed = df[df.status.isin(["failed", "skipped"])]
     for _, r in failed.iterrows():
         lines.append(f"{r.status}: {r.model} {r.engine} {r.precision} bs={r.batch_size} — {r.reason}")
     return "\n".join(lines)
 
 
+def swept_columns(df: pd.DataFrame) -> list[str]:
+    """Configuration columns beyond the key ones that differ between rows (``threads``, ``engine.*``…):
+    without them, rows that differ only there would look like duplicates."""
+    cands = ["threads", "data"] + sorted(c for c in df.columns if c.startswith("engine."))
+    out = []
+    for c in cands:
+        if c in df and df[c].dropna().astype(str).nunique() > 1:
+            out.append(c)
+    return out
+
+
 def short_table(df: pd.DataFrame) -> str:
-    cols = [c for c in KEY_COLUMNS + SHOW_METRICS + ["speedup_vs_tf_fp32"] if c in df]
-    with pd.option_context("display.max_columns", 20, "display.width", 160, "display.float_format", "{:.4g}".format):
+    flags = [c for c in ("cached", "unstable", "best", "tie") if c in df and df[c].fillna(False).astype(bool).any()]
+    extra = [c for c in ("confirm_throughput_ips",) if c in df]
+    cols = [c for c in KEY_COLUMNS + swept_columns(df) + SHOW_METRICS + ["speedup_vs_tf_fp32"] + extra + flags
+            if c in df]
+    with pd.option_context("display.max_columns", 40, "display.width", 220, "display.float_format", "{:.4g}".format):
         return df[cols].to_string(index=False)
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
     """The columns that identify a configuration (not a measurement)."""
-    return [c for c in ["model", "engine", "precision", "batch_size", "data"] if c in df] + sorted(
+    return [c for c in ["model", "engine", "precision", "batch_size", "threads", "data"] if c in df] + sorted(
         c for c in df.columns if c.startswith("engine."))
 
 
@@ -209,4 +270,5 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-__all__ = ["table", "write", "best_per_model", "pareto_front", "summary_text", "short_table", "regressions", "plot"]
+__all__ = ["table", "write", "best_per_model", "apply_confirmation", "pareto_front", "summary_text", "short_table",
+           "swept_columns", "regressions", "plot"]

@@ -40,14 +40,16 @@ class TrialResult:
     started_at: float = 0.0
     ended_at: float = 0.0
     mlflow_run_ids: dict = field(default_factory=dict)  # parent run id -> child run id
-    cached: bool = False
+    cached: bool = False  # served from the result cache (then ``started_at`` is when it was measured)
+    unstable: bool = False  # repeat spread stayed above measure.max_cv after measure.max_repeats
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> "TrialResult":
-        return TrialResult(**d)
+        known = {f for f in TrialResult.__dataclass_fields__}
+        return TrialResult(**{k: v for k, v in d.items() if k in known})
 
 
 class TrialFailure(Exception):
@@ -108,13 +110,15 @@ class WorkerPool:
         except (OSError, BrokenPipeError):
             self.kill()
 
-    def ensure(self, env: dict[str, str]) -> None:
-        """A live worker with this environment (started now if needed; its imports run in the background)."""
-        if self.proc is None or not self.proc.is_alive() or self.env != env:
+    def ensure(self, env: dict[str, str] | None) -> None:
+        """A live worker with this environment (started now if needed; its imports run in the background).
+        ``None``: any environment will do (engines with no process-level settings), so a live worker is kept."""
+        alive = self.proc is not None and self.proc.is_alive()
+        if not alive or (env is not None and self.env != env):
             self.stop()
-            self._start(env)
+            self._start(env or {})
 
-    def call(self, kind: str, payload: Any, env: dict[str, str], timeout_s: float, max_memory_mb: float) -> Any:
+    def call(self, kind: str, payload: Any, env: dict[str, str] | None, timeout_s: float, max_memory_mb: float) -> Any:
         self.ensure(env)
         try:
             self.conn.send((kind, payload))
@@ -212,9 +216,11 @@ def save_result(result: TrialResult, cache_dir: str) -> None:
     atomic_write_json(_results_dir(cache_dir) / f"{result.trial_key}.json", result.to_dict())
 
 
-def worker_env(spec: TrialSpec) -> dict[str, str]:
+def worker_env(spec: TrialSpec) -> dict[str, str] | None:
+    """The process environment the trial needs (TensorFlow's thread pools are sized at import), or
+    None when any worker will do: then the live worker is reused instead of restarted."""
     eng = get_engine(spec.engine)
-    return eng.process_env(make_params(eng, spec.engine_params))
+    return eng.process_env(make_params(eng, spec.engine_params)) or None
 
 
 def execute(spec: TrialSpec) -> TrialResult:
@@ -237,7 +243,8 @@ def execute(spec: TrialSpec) -> TrialResult:
                              started_at=started, ended_at=time.time())
     else:
         result = TrialResult(key, "ok", spec.to_dict(), metrics=out["metrics"], report=out["report"], host=out["host"],
-                             artifact=out["artifact"], started_at=started, ended_at=time.time())
+                             artifact=out["artifact"], started_at=started, ended_at=time.time(),
+                             unstable=bool(out.get("unstable", False)))
         drop = result.metrics.get("accuracy_drop")
         if drop is not None and drop > spec.fidelity.max_accuracy_drop:
             result.status = "accuracy_violation"

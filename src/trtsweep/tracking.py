@@ -118,6 +118,33 @@ class Tracker:
             if Path(f).exists():
                 self.client.log_artifact(run_id, str(f))
 
+    def log_confirmation(self, parent_id: str, verdicts: list, child_runs: dict[str, str], best_yaml: Path) -> None:
+        """The confirmation step: ``confirm_*`` metrics on each candidate's child run, tag ``best`` on
+        each group's winner (``tie`` where it was a statistical tie), the winner named on the parent,
+        and ``best.yaml`` (the overrides that reproduce it) as a parent artifact."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000)
+        parent_tags = {}
+        for v in verdicts:
+            for key, st in v.stats.items():
+                run_id = child_runs.get(key)
+                if not run_id:
+                    continue
+                tags = [RunTag("confirmed", "true")]
+                if key == v.winner:
+                    tags.append(RunTag("best", "true"))
+                if v.is_tie and key in v.tied:
+                    tags.append(RunTag("tie", "true"))
+                self.client.log_batch(run_id, metrics=[Metric(k, float(x), ts, 0) for k, x in st.items()], tags=tags)
+            suffix = "" if len(verdicts) == 1 else f".{v.group.replace(' ', '.')}"
+            parent_tags[f"best{suffix}"] = v.winner
+            parent_tags[f"best_run{suffix}"] = child_runs.get(v.winner, "")
+            parent_tags[f"recommendation{suffix}"] = v.text
+        self.tag(parent_id, parent_tags)
+        if Path(best_yaml).exists():
+            self.client.log_artifact(parent_id, str(best_yaml))
+
     # ---- child ----
     def log_trial(self, parent_id: str, result, spec: TrialSpec, resolved_cfg: dict | None = None,
                   extra_tags: dict[str, Any] | None = None) -> str:
@@ -148,6 +175,14 @@ class Tracker:
         params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
         tags = {"status": result.status, "cached": str(result.cached).lower(), **(result.host or {}),
                 **(extra_tags or {})}
+        if result.cached:
+            tags["cached_measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.started_at))
+        if result.unstable:
+            tags["unstable"] = "true"
+        if spec.host:
+            from trtsweep.identity import digest
+
+            tags["host_id"] = digest(spec.host, 12)
         if result.reason:
             tags["reason"] = result.reason
         metrics = [Metric(k, float(v), ts, 0) for k, v in result.metrics.items()

@@ -46,7 +46,8 @@ def serve(conn, env: dict[str, str]) -> None:
         if kind == "stop":
             return
         try:
-            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm}[kind]
+            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "confirm_load": confirm_load,
+                       "confirm_run": confirm_run, "confirm_close": confirm_close}[kind]
             conn.send(("ok", handler(payload)))
         except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
             from trtsweep.errors import one_line
@@ -216,7 +217,10 @@ def run_trial(payload: dict) -> dict:
     from trtsweep.host import host_facts
     from trtsweep.measure import measure
 
+    from trtsweep import cores
+
     spec = TrialSpec.from_dict(payload["spec"])
+    pinned = cores.pin(spec.core_set)  # the trial's core budget, for every thread this worker has
     _reset_peak_rss()
     t_start = time.time()
     _inject(spec.trial.fault)
@@ -233,8 +237,9 @@ def run_trial(payload: dict) -> dict:
     try:
         eval_batches = batches(ds.evaluation, spec.batch_size)
         prepared = runner.prepare(eval_batches[0])
-        log.info("measuring %s (warm-up %d, ≥%d iters and ≥%.1fs, ×%d)", spec.label(), spec.measure.warmup_iters,
-                 spec.measure.min_iters, spec.measure.min_time_s, spec.measure.repeats)
+        log.info("measuring %s (warm-up %d, ≥%d iters and ≥%.1fs, ×%d, up to ×%d while the spread is > %.0f%%)",
+                 spec.label(), spec.measure.warmup_iters, spec.measure.min_iters, spec.measure.min_time_s,
+                 spec.measure.repeats, spec.measure.max_repeats, 100 * spec.measure.max_cv)
         t_measure = time.perf_counter()
         m = measure(runner.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
@@ -251,10 +256,62 @@ def run_trial(payload: dict) -> dict:
     }
     return {
         "metrics": metrics,
-        "report": {"conversion": conv["report"], "runtime": describe, "model": model.to_dict(),
-                   "conversion_cached": conv["conversion_cached"], "repeat_means_ms": m.repeat_means_ms},
+        "report": {"conversion": conv["report"], "runtime": {**describe, "core_set": pinned},
+                   "model": model.to_dict(), "conversion_cached": conv["conversion_cached"],
+                   "repeat_means_ms": m.repeat_means_ms},
         "artifact": str(artifact),
-        "host": host_facts(),
+        "unstable": m.unstable,
+        "host": {**host_facts(), "host.core_set": cores.format_cores(pinned)},
         "started_at": t_start,
         "conversion_cached": conv["conversion_cached"],
     }
+
+
+# ---- confirmation: candidates loaded side by side, timed in interleaved rounds (see trtsweep.confirm) ----
+_loaded: dict[str, tuple] = {}
+
+
+def _load_for(spec):
+    """Model, dataset, engine and its loaded artifact for ``spec`` (the conversion comes from the cache)."""
+    from trtsweep.engines.base import ModelInfo, get_engine, make_params
+
+    model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
+    ds = _dataset(spec, model)
+    eng_cls = get_engine(spec.engine)
+    engine = eng_cls(make_params(eng_cls, spec.engine_params))
+    artifact, _ = convert_cached(spec, engine, model, ds)
+    return engine.load(artifact, model, spec.precision, spec.batch_size), ds
+
+
+def confirm_load(payload: dict) -> bool:
+    """Load a candidate and keep it (its inputs prepared) for ``confirm_run``."""
+    from trtsweep import cores
+    from trtsweep.config import TrialSpec
+    from trtsweep.data import batches
+
+    spec = TrialSpec.from_dict(payload["spec"])
+    cores.pin(spec.core_set)
+    runner, ds = _load_for(spec)
+    _loaded[payload["key"]] = (spec, runner, runner.prepare(batches(ds.evaluation, spec.batch_size)[0]))
+    return True
+
+
+def confirm_run(payload: dict) -> float:
+    """One confirmation round of one candidate: its warm-up, then one timed repeat; items/s."""
+    from trtsweep import cores
+    from trtsweep.measure import timed_repeat, trimmed_mean
+
+    spec, runner, prepared = _loaded[payload["key"]]
+    cores.pin(spec.core_set)
+    m = spec.measure
+    for _ in range(m.warmup_iters):
+        runner.run(prepared)
+    lat = timed_repeat(runner.run, prepared, m.min_iters, m.min_time_s)
+    return spec.batch_size / (trimmed_mean(lat, m.trim) / 1000.0)
+
+
+def confirm_close(_: Any = None) -> bool:
+    for _spec, runner, _prepared in _loaded.values():
+        runner.close()
+    _loaded.clear()
+    return True

@@ -57,7 +57,10 @@ def test_unsupported_combination_is_a_skip_not_an_error():
     ("measure.trim=0.7", "measure.trim=0.7"),
     ("fidelity.max_accuracy_drop=2", "fidelity.max_accuracy_drop=2"),
     ("trial.fault=explode", "trial.fault=explode"),
-    ("engine.num_threads=0", "engine.num_threads=0"),
+    ("engine.num_threads=-2", "engine.num_threads=-2"),  # 0 (or -1) means "follow threads"
+    ("threads=0", "threads=0"),
+    ("measure.max_repeats=1", "measure.max_repeats=1"),
+    ("confirm.rounds=1", "confirm.rounds=1"),
     ("engine.num_threads=two", "engine.num_threads='two'"),
     ("data.eval_samples=0", "data.eval_samples=0"),
     ("model=saved_model", "model.path"),

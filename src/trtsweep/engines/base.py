@@ -155,8 +155,11 @@ class Engine(ABC):
     #: typed parameters (a dataclass); fields with ``metadata=param_stage("runtime")`` do not
     #: change the converted artifact, so a sweep over them reuses one conversion
     Params: ClassVar[type]
-    #: whether each trial needs TF thread env vars set before import (process-level settings)
-    process_env_params: ClassVar[tuple[str, ...]] = ()
+    #: thread-count parameters that follow the top-level ``threads`` (the core budget) when left at
+    #: their "auto" value (0, or -1 for LiteRT's old default); the first is the one ``threads`` names
+    thread_params: ClassVar[tuple[str, ...]] = ()
+    #: packages whose versions identify this engine's artifacts and results (``a|b``: either one)
+    libraries: ClassVar[tuple[str, ...]] = ("tensorflow|tensorflow-cpu",)
 
     def __init__(self, params: Any):
         self.params = params
@@ -184,6 +187,25 @@ class Engine(ABC):
                 f"(supported: {', '.join(cls.precisions)})"
             )
         return None
+
+    @classmethod
+    def resolve_threads(cls, params: Any, threads: int, explicit: bool) -> int:
+        """Set every auto thread parameter to ``threads`` (in place) and return the core budget the
+        trial really has: an explicitly set ``engine.<thread param>`` wins over the default budget,
+        and contradicting an explicit ``threads`` is a config error."""
+        if not cls.thread_params:
+            return threads
+        primary = cls.thread_params[0]
+        own = getattr(params, primary)
+        if own > 0:
+            if explicit and own != threads:
+                raise ConfigError(f"engine.{primary}={own} contradicts threads={threads} (engine={cls.name}); "
+                                  f"fix: set only one of them")
+            threads = own
+        for name in cls.thread_params:
+            if getattr(params, name) <= 0:
+                setattr(params, name, threads)
+        return threads
 
     @classmethod
     def conversion_params(cls, params: Any) -> dict:
@@ -240,6 +262,11 @@ def get_engine(name: str) -> type[Engine]:
         raise ConfigError(f"engine={name} is unknown; fix: use one of {', '.join(names)}")
     mod = importlib.import_module(f"trtsweep.engines.{name}")
     return mod.ENGINE
+
+
+def engine_param_names(name: str) -> set[str]:
+    """The parameters ``engine.<name>`` an engine takes (cheap: no engine library is imported)."""
+    return {f.name for f in dataclasses.fields(get_engine(name).Params)}
 
 
 def make_params(engine: type[Engine], values: Mapping[str, Any]) -> Any:

@@ -83,9 +83,9 @@ class OnnxConversionError(TrtsweepError):
 class OnnxParams:
     #: ONNX opset tf2onnx targets (convert stage)
     opset: int = 17
-    #: threads inside one op; 0 = onnxruntime default (physical cores)
+    #: threads inside one op; 0 = follow `threads` (the core budget)
     intra_op_num_threads: int = field(default=0, metadata=param_stage("runtime"))
-    #: threads across independent ops (only used with execution_mode=parallel); 0 = default
+    #: threads across independent ops (only used with execution_mode=parallel); 0 = follow `threads`
     inter_op_num_threads: int = field(default=0, metadata=param_stage("runtime"))
     #: graph optimizations at session creation: disable | basic | extended | all
     graph_optimization_level: str = field(default="all", metadata=param_stage("runtime"))
@@ -107,6 +107,8 @@ class OnnxEngine(Engine):
     name = "onnx"
     precisions = ("fp32", "fp16", "int8", "int8_dynamic")
     Params = OnnxParams
+    thread_params = ("intra_op_num_threads", "inter_op_num_threads")
+    libraries = ("tensorflow|tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime|onnxruntime-gpu")
 
     # ---- planning ----------------------------------------------------------
     @classmethod
@@ -123,7 +125,7 @@ class OnnxEngine(Engine):
         for fname in ("intra_op_num_threads", "inter_op_num_threads"):
             value = getattr(params, fname)
             if value < 0:
-                raise ConfigError(f"engine.{fname}={value} must be ≥ 0; fix: engine.{fname}=0 (onnxruntime default)")
+                raise ConfigError(f"engine.{fname}={value} must be ≥ 0; fix: engine.{fname}=0 (follow `threads`)")
         _check_choice("graph_optimization_level", params.graph_optimization_level, GRAPH_OPTIMIZATION_LEVELS)
         _check_choice("execution_mode", params.execution_mode, EXECUTION_MODES)
         _check_choice("quant_format", params.quant_format, QUANT_FORMATS)

@@ -18,8 +18,8 @@ from trtsweep.errors import ConfigError
 @dataclass
 class TFParams:
     jit_compile: bool = field(default=False, metadata=param_stage("runtime"))
-    intra_op_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 = TF default
-    inter_op_threads: int = field(default=0, metadata=param_stage("runtime"))
+    intra_op_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 = follow `threads`
+    inter_op_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 = follow `threads`
 
 
 class TFRunner(Runner):
@@ -49,12 +49,13 @@ class TFEngine(Engine):
     name = "tf"
     precisions = ("fp32",)
     Params = TFParams
+    thread_params = ("intra_op_threads", "inter_op_threads")
 
     @classmethod
     def validate(cls, params: TFParams) -> None:
         for f in ("intra_op_threads", "inter_op_threads"):
             if getattr(params, f) < 0:
-                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = TensorFlow's default); fix: engine.{f}=0")
+                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = follow `threads`); fix: engine.{f}=0")
 
     @classmethod
     def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:

@@ -10,6 +10,7 @@ delegate, so such a model converts (partially) but cannot run here: the trial fa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from trtsweep.errors import ConfigError, TrtsweepError
 
 @dataclass
 class TFLiteParams:
-    num_threads: int = field(default=-1, metadata=param_stage("runtime"))  # -1 = LiteRT's default
+    num_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 (or -1) = follow `threads`
     use_xnnpack: bool = field(default=True, metadata=param_stage("runtime"))
     allow_tf_ops: bool = True  # keep unsupported ops as TF (Flex) ops instead of failing conversion
     int8_io: bool = False  # full-integer models: int8 input/output instead of float
@@ -58,8 +59,11 @@ def ops_report(interpreter) -> dict:
 class TFLiteRunner(Runner):
     def __init__(self, path: Path, model: ModelInfo, batch_size: int, params: TFLiteParams):
         Interpreter = _interpreter_cls()
-        kwargs: dict[str, Any] = {"model_path": str(path),
-                                  "num_threads": None if params.num_threads == -1 else params.num_threads}
+        if params.num_threads <= 0:  # not resolved by the plan (a direct caller): the core budget
+            from trtsweep.cores import core_budget
+
+            params = dataclasses.replace(params, num_threads=core_budget())
+        kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": params.num_threads}
         if not params.use_xnnpack:
             from ai_edge_litert.interpreter import OpResolverType
 
@@ -148,6 +152,8 @@ class TFLiteEngine(Engine):
     name = "tflite"
     precisions = ("fp32", "fp16", "int8", "int8_dynamic")
     Params = TFLiteParams
+    thread_params = ("num_threads",)
+    libraries = ("tensorflow|tensorflow-cpu", "ai-edge-litert")
 
     @classmethod
     def availability(cls) -> Availability:
@@ -161,8 +167,9 @@ class TFLiteEngine(Engine):
 
     @classmethod
     def validate(cls, params: TFLiteParams) -> None:
-        if params.num_threads == 0 or params.num_threads < -1:
-            raise ConfigError(f"engine.num_threads={params.num_threads} must be ≥ 1, or -1 for LiteRT's default; fix: engine.num_threads=1")
+        if params.num_threads < -1:
+            raise ConfigError(f"engine.num_threads={params.num_threads} must be ≥ 1, or 0 to follow `threads`; "
+                              f"fix: engine.num_threads=1")
 
     @classmethod
     def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
