@@ -20,36 +20,30 @@ from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
 from trtsweep.config import plan_trial
 from trtsweep.engines.base import Availability, CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
 from trtsweep.engines.tftrt import (
+    ENGINE,
+    PROFILE_STRATEGIES,
+    TFTRTEngine,
+    TFTRTParams,
+    TFTRTRunner,
+    _resolve_saved_model,
+    implicit_batch_reason,
+)
+from trtsweep.engines.tftrt._api import (
     API_BUILD,
     API_CONVERSION_PARAMS,
     API_CONVERT,
     API_INIT,
     API_SAVE,
-    ENGINE,
     FIELD_TO_API,
-    PROFILE_STRATEGIES,
-    TFTRTEngine,
-    TFTRTParams,
-    TFTRTRunner,
-    _capture_native_log,
-    _hinted_errors,
-    _resolve_saved_model,
     _missing_arg_message,
-    _probe_in_subprocess,
-    availability_from_probe,
-    build_batch_sizes,
-    build_input_fn,
-    calibration_input_fn,
     check_installed_api,
-    conversion_report,
-    implicit_batch_reason,
-    input_order,
     installed_arg_names,
-    log_warnings,
-    probe_tensorflow,
     trt_call_kwargs,
-    trt_error_hint,
 )
+from trtsweep.engines.tftrt._diagnostics import _capture_native_log, _hinted_errors, log_warnings, trt_error_hint
+from trtsweep.engines.tftrt._graph_report import conversion_report
+from trtsweep.engines.tftrt._inputs import build_batch_sizes, build_input_fn, calibration_input_fn, input_order
+from trtsweep.engines.tftrt._probe import _probe_in_subprocess, availability_from_probe, probe_tensorflow
 from trtsweep.errors import ConfigError, EngineUnavailable, ModelError, TrtsweepError
 from trtsweep.gpu import gpu_facts, parse_cuda_version, parse_gpu_query
 
