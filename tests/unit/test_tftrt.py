@@ -150,6 +150,41 @@ def test_engine_is_registered_with_its_precisions():
     assert TFTRTEngine.precisions == ("fp32", "fp16", "int8")
 
 
+def test_package_modules_are_not_engines_and_import_without_cycles():
+    """``engines/tftrt/`` is one engine; its private modules never import the package or each other in a cycle."""
+    import ast
+    import graphlib
+
+    import trtsweep.engines.tftrt as pkg
+    from trtsweep.engines.base import engine_names
+
+    assert "tftrt" in engine_names() and not any("." in n or n.startswith("_") for n in engine_names())
+    for name in pkg.__all__:  # the package's public names still resolve
+        assert getattr(pkg, name) is not None, name
+    graph: dict[str, set[str]] = {}
+    for path in sorted(Path(pkg.__file__).parent.glob("_*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree)  # `if TYPE_CHECKING:` imports are never executed
+                     if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                     for stmt in block.body for n in ast.walk(stmt)}
+        deps: set[str] = set()
+        for node in ast.walk(tree):  # every level: an import inside a function runs too, only later
+            if id(node) in type_only:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                module = f"{pkg.__name__}.{node.module or ''}".rstrip(".") if node.level else node.module or ""
+                if module.startswith(pkg.__name__):
+                    deps.add(module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith(pkg.__name__))
+        assert pkg.__name__ not in deps, f"{path.name} imports the package itself"
+        graph[f"{pkg.__name__}.{path.stem}"] = deps
+    assert len(graph) == 5
+    list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+
+
 def test_every_param_maps_to_an_argument_of_the_installed_tftrt_api():
     fields = {f.name for f in dataclasses.fields(TFTRTParams)}
     assert fields == set(FIELD_TO_API), "every engine parameter must say where it goes in TF-TRT"
