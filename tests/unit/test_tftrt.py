@@ -20,36 +20,30 @@ from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
 from trtsweep.config import plan_trial
 from trtsweep.engines.base import Availability, CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
 from trtsweep.engines.tftrt import (
+    ENGINE,
+    PROFILE_STRATEGIES,
+    TFTRTEngine,
+    TFTRTParams,
+    TFTRTRunner,
+    _resolve_saved_model,
+    implicit_batch_reason,
+)
+from trtsweep.engines.tftrt._api import (
     API_BUILD,
     API_CONVERSION_PARAMS,
     API_CONVERT,
     API_INIT,
     API_SAVE,
-    ENGINE,
     FIELD_TO_API,
-    PROFILE_STRATEGIES,
-    TFTRTEngine,
-    TFTRTParams,
-    TFTRTRunner,
-    _capture_native_log,
-    _hinted_errors,
-    _resolve_saved_model,
     _missing_arg_message,
-    _probe_in_subprocess,
-    availability_from_probe,
-    build_batch_sizes,
-    build_input_fn,
-    calibration_input_fn,
     check_installed_api,
-    conversion_report,
-    implicit_batch_reason,
-    input_order,
     installed_arg_names,
-    log_warnings,
-    probe_tensorflow,
     trt_call_kwargs,
-    trt_error_hint,
 )
+from trtsweep.engines.tftrt._diagnostics import _capture_native_log, _hinted_errors, log_warnings, trt_error_hint
+from trtsweep.engines.tftrt._graph_report import conversion_report
+from trtsweep.engines.tftrt._inputs import build_batch_sizes, build_input_fn, calibration_input_fn, input_order
+from trtsweep.engines.tftrt._probe import _probe_in_subprocess, availability_from_probe, probe_tensorflow
 from trtsweep.errors import ConfigError, EngineUnavailable, ModelError, TrtsweepError
 from trtsweep.gpu import gpu_facts, parse_cuda_version, parse_gpu_query
 
@@ -154,6 +148,41 @@ def test_engine_is_registered_with_its_precisions():
     assert get_engine("tftrt") is TFTRTEngine is ENGINE
     assert TFTRTEngine.name == "tftrt"
     assert TFTRTEngine.precisions == ("fp32", "fp16", "int8")
+
+
+def test_package_modules_are_not_engines_and_import_without_cycles():
+    """``engines/tftrt/`` is one engine; its private modules never import the package or each other in a cycle."""
+    import ast
+    import graphlib
+
+    import trtsweep.engines.tftrt as pkg
+    from trtsweep.engines.base import engine_names
+
+    assert "tftrt" in engine_names() and not any("." in n or n.startswith("_") for n in engine_names())
+    for name in pkg.__all__:  # the package's public names still resolve
+        assert getattr(pkg, name) is not None, name
+    graph: dict[str, set[str]] = {}
+    for path in sorted(Path(pkg.__file__).parent.glob("_*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree)  # `if TYPE_CHECKING:` imports are never executed
+                     if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                     for stmt in block.body for n in ast.walk(stmt)}
+        deps: set[str] = set()
+        for node in ast.walk(tree):  # every level: an import inside a function runs too, only later
+            if id(node) in type_only:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                module = f"{pkg.__name__}.{node.module or ''}".rstrip(".") if node.level else node.module or ""
+                if module.startswith(pkg.__name__):
+                    deps.add(module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith(pkg.__name__))
+        assert pkg.__name__ not in deps, f"{path.name} imports the package itself"
+        graph[f"{pkg.__name__}.{path.stem}"] = deps
+    assert len(graph) == 5
+    list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
 
 
 def test_every_param_maps_to_an_argument_of_the_installed_tftrt_api():
