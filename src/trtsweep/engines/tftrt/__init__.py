@@ -226,6 +226,8 @@ class TFTRTEngine(Engine):
     name = "tftrt"
     precisions = tuple(PRECISION_MODES)
     Params = TFTRTParams
+    #: TensorRT is linked into TensorFlow (its version follows TF's); the pip ``tensorrt`` where present
+    libraries = ("tensorflow|tensorflow-cpu", "tensorrt")
 
     # ---- planning ----
     @classmethod
