@@ -7,7 +7,6 @@ work and :func:`start_sweep` / :func:`finish_sweep` around the jobs; every job c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 
 from trtsweep.config import TrialSpec, plan_trial, tracking_config
 from trtsweep.errors import ConfigError, one_line
+from trtsweep.identity import digest
 
 log = logging.getLogger("trtsweep")
 
@@ -101,7 +101,7 @@ class SweepContext:
 
 
 def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
-    return hashlib.sha256(json.dumps([name, sorted(arguments), extra]).encode()).hexdigest()[:16]
+    return digest([name, sorted(arguments), extra])
 
 
 def _tracker(cfg: dict):

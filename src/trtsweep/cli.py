@@ -1,10 +1,12 @@
-"""``trtsweep`` command: ``doctor`` (which engines can run here, and why not), ``report`` (tables,
+"""``trtsweep`` command: ``doctor`` (which engines can run here, and why not), ``cache ls|prune``
+(what the result and conversion cache holds; removing stale entries), ``report`` (tables,
 Pareto front and plots from a results.csv), ``compare`` (flag regressions against a baseline, for
 nightly jobs: exit code 1 when any configuration got slower or less accurate than allowed)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +71,21 @@ def compare_cmd(a: argparse.Namespace) -> int:
     return 1
 
 
+def cache_cmd(a: argparse.Namespace) -> int:
+    from trtsweep import cache
+
+    root = Path(a.cache_dir)
+    if a.action == "ls":
+        print(cache.ls(root))
+        return 0
+    gone = cache.prune(root, everything=a.all, older_than_days=a.older_than, dry_run=a.dry_run)
+    verb = "would remove" if a.dry_run else "removed"
+    for e in gone:
+        print(f"{verb} {e.kind} {e.label}" + (f" ({e.stale})" if e.stale else ""))
+    print(f"{verb} {len(gone)} entr{'y' if len(gone) == 1 else 'ies'}, {sum(e.size_mb for e in gone):.1f} MB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="trtsweep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -83,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max-slowdown", type=float, default=0.10, help="allowed throughput loss (fraction)")
     c.add_argument("--max-accuracy-loss", type=float, default=0.005, help="allowed accuracy_drop increase")
     c.set_defaults(fn=compare_cmd)
+    k = sub.add_parser("cache", help="what the result/conversion cache holds (ls), and cleaning it (prune)")
+    k.add_argument("action", choices=("ls", "prune"))
+    k.add_argument("--cache-dir", default=os.environ.get("TRTSWEEP_CACHE_DIR", "outputs/cache"))
+    k.add_argument("--all", action="store_true", help="prune: everything, not only stale entries")
+    k.add_argument("--older-than", type=float, metavar="DAYS", help="prune: also entries older than DAYS")
+    k.add_argument("--dry-run", action="store_true", help="prune: only say what would be removed")
+    k.set_defaults(fn=cache_cmd)
     a = ap.parse_args(argv)
     try:
         return a.fn(a)

@@ -28,20 +28,67 @@ def digest(obj: Any, length: int = 16) -> str:
 def model_fingerprint(path: str | Path) -> str:
     """The content identity of a SavedModel directory.
 
-    TensorFlow's ``fingerprint.pb`` (written by ``tf.saved_model.save`` since TF 2.12: hashes of the
-    graph, signatures, object graph and checkpoint) where present, otherwise a hash of
+    From TensorFlow's ``fingerprint.pb`` (written by ``tf.saved_model.save`` since TF 2.12) where
+    present: its hashes of the graph program, the signatures, the object graph and the checkpoint,
+    which stay the same when the same model is exported again and change with any weight (its
+    whole-file checksum and UUID change on every export, so they are left out).  Otherwise a hash of
     ``saved_model.pb`` and the variables index (which holds a checksum of every variable's data).
     """
     p = Path(path)
     h = hashlib.sha256()
     fp = p / "fingerprint.pb"
-    parts = ("fingerprint.pb",) if fp.exists() else ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index")
-    for rel in parts:
+    fields = _fingerprint_hashes(fp.read_bytes()) if fp.exists() else None
+    if fields:
+        h.update(json.dumps(fields, sort_keys=True).encode())
+        return h.hexdigest()[:16]
+    for rel in ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index"):
         f = p / rel
         if f.exists():
             h.update(rel.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+#: FingerprintDef fields (tensorflow/core/protobuf/fingerprint.proto) that identify the content
+_FINGERPRINT_FIELDS = {2: "graph_def_program_hash", 3: "signature_def_hash", 4: "saved_object_graph_hash",
+                       5: "checkpoint_hash"}
+
+
+def _fingerprint_hashes(data: bytes) -> dict[str, int] | None:
+    """The content hashes of a ``fingerprint.pb`` (protobuf wire format, read without TensorFlow)."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            b = data[i]
+            value |= (b & 0x7F) << shift
+            i += 1
+            if not b & 0x80:
+                return value, i
+            shift += 7
+
+    out: dict[str, int] = {}
+    i = 0
+    try:
+        while i < len(data):
+            tag, i = varint(i)
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, i = varint(i)
+                if field in _FINGERPRINT_FIELDS:
+                    out[_FINGERPRINT_FIELDS[field]] = value
+            elif wire == 2:
+                length, i = varint(i)
+                i += length
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            else:
+                return None
+    except IndexError:
+        return None
+    return out if len(out) == len(_FINGERPRINT_FIELDS) else None
 
 
 def _version(pkg: str) -> str | None:

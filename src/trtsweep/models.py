@@ -7,9 +7,6 @@ under ``<cache_dir>/models/<name>-<config hash>`` behind a file lock, so concurr
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -18,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trtsweep.config import GENERATED_MODEL_VERSION, ModelConfig
+from trtsweep.config import ModelConfig, model_identity
 from trtsweep.engines.base import ModelInfo, TensorSpec
 from trtsweep.errors import ModelError
+from trtsweep.identity import digest, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,10 @@ def resolve(cfg: ModelConfig, cache_dir: str | Path) -> ModelInfo:
         path = Path(cfg.path or "").expanduser().resolve()
         if not path.is_dir():
             raise ModelError(f"model.path={cfg.path} does not exist; fix: point model.path to a SavedModel directory")
-        fingerprint = _saved_model_fingerprint(path)
+        fingerprint = model_fingerprint(path)
     else:
         path = _build_cached(cfg, Path(cache_dir))
-        fingerprint = _config_hash(cfg)
+        fingerprint = digest(model_identity(cfg))
     inputs, outputs = read_signature(path, cfg.signature_key, cfg.input_shapes, cfg.name)
     num_classes = cfg.num_classes
     if num_classes is None and outputs and len(outputs[0].shape) == 2 and outputs[0].shape[1]:
@@ -104,28 +102,12 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
     return inputs, outputs
 
 
-def _config_hash(cfg: ModelConfig) -> str:
-    d = dataclasses.asdict(cfg)
-    d["builder_version"] = GENERATED_MODEL_VERSION
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _saved_model_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    for rel in ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index"):
-        f = path / rel
-        if f.exists():
-            h.update(rel.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def _build_cached(cfg: ModelConfig, cache_dir: Path) -> Path:
     from filelock import FileLock
 
     root = cache_dir / "models"
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{cfg.name}-{_config_hash(cfg)}"
+    target = root / f"{cfg.name}-{digest(model_identity(cfg), 12)}"
     with FileLock(str(target) + ".lock"):
         if (target / "saved_model.pb").exists():
             return target

@@ -181,7 +181,8 @@ def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
             inside = tmp in art.parents
             meta = {"artifact_name": str(art.relative_to(tmp)) if inside else "", "artifact": str(art),
                     "convert_time_s": res.convert_time_s, "calibrate_time_s": res.calibrate_time_s,
-                    "report": res.report, "metrics": res.metrics, "conversion_key": target.name}
+                    "report": res.report, "metrics": res.metrics, "conversion_key": target.name,
+                    "identity": spec.conversion_identity(), "converted_at": time.time()}
             (tmp / "conversion.json").write_text(json.dumps(meta, indent=1, default=str))
             if target.exists():
                 shutil.rmtree(target)

@@ -62,7 +62,7 @@ def test_unsupported_combination_is_skipped_with_reason(sweep):
 @pytest.mark.parametrize("override,needle", [
     ("batch_size=0", "batch_size=0"),
     ("model=saved_model", "model.path"),
-    ("engine.num_threads=0", "engine.num_threads=0"),
+    ("engine.num_threads=-2", "engine.num_threads=-2"),
     ("+engine.bogus=1", "engine.bogus"),
 ])
 def test_invalid_value_fails_before_any_trial(sweep, override, needle):
