@@ -206,6 +206,64 @@ def test_best_is_the_best_feasible_trial_and_pareto_excludes_infeasible():
     assert "complete=2, infeasible=1, failed=0, skipped(pruned)=1" in lines[0] and "trial #2" in lines[1]
 
 
+def test_multi_objective_front_is_optunas_and_excludes_infeasible():
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for value, status, drop in [(100.0, "ok", 0.0), (300.0, "accuracy_violation", 0.2), (150.0, "ok", 0.005),
+                                (120.0, "ok", 0.008)]:
+        trial = study.ask()
+        _outcome.tell(study, trial, _outcome.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop),
+                                                           None, "throughput_ips", True, 0.01))
+    best, front = _report.best_and_front(study)
+    assert [t.values for t in front] == [[100.0, 0.0], [150.0, 0.005]]  # 300 is infeasible, 120 dominated
+    assert best.values == [150.0, 0.005]
+    assert _report.study_table(study)["feasible"].tolist() == [True, False, True, True]
+
+
+def test_sampler_is_a_target_node_built_by_instantiate():
+    from omegaconf import OmegaConf
+
+    for name, cls in [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
+                      ("cmaes", optuna.samplers.CmaEsSampler), ("nsgaii", optuna.samplers.NSGAIISampler)]:
+        assert _study.SAMPLERS[name]["_target_"] == f"optuna.samplers.{cls.__name__}"
+        assert type(_study.make_sampler(name, 1, 5, 1, [])) is cls
+    assert _study.make_sampler("tpe", 1, 7, 1, [])._n_startup_trials == 7  # the sweeper's setting is filled in
+    node = OmegaConf.create({"_target_": "optuna.samplers.QMCSampler", "scramble": True})  # the user's own node
+    qmc = _study.make_sampler(node, 3, 5, 1, [])
+    assert isinstance(qmc, optuna.samplers.QMCSampler) and qmc._seed == 3  # seed filled; QMC takes no n_startup
+    tpe = _study.make_sampler({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 2}, None, 5, 1, [])
+    assert tpe._n_startup_trials == 2  # the node's own value wins
+    for sampler, expected in [("bogus", "hydra.sweeper.sampler=bogus is unknown; fix: use one of tpe, random"),
+                              ({"seed": 1}, "neither a name nor a node with _target_"),
+                              ({"_target_": "optuna.samplers.Nope"}, "cannot be loaded"),
+                              ({"_target_": "optuna.samplers.RandomSampler", "bogus": 1}, "cannot be built")]:
+        with pytest.raises(_space.SearchSpaceError, match="fix:") as e:
+            _study.make_sampler(sampler, None, None, 1, [])
+        assert expected in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(_space.SearchSpaceError, match="sampler=cmaes is single-objective"):
+        _study.make_sampler("cmaes", None, None, 2, [])
+
+
+def test_the_sweeper_is_built_from_its_config_node_with_the_dataclass_defaults():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.trtsweep_sweepers.optuna import OptunaSweeper, OptunaSweeperConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True, overrides=[
+            "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler={_target_:optuna.samplers.QMCSampler,scramble:true}"])
+    sweeper = instantiate(cfg.hydra.sweeper)
+    assert type(sweeper).__name__ == "OptunaSweeper"  # (Hydra's plugin scan loads its own copy of the module)
+    conf = sweeper.sweeper.conf
+    assert conf.n_trials == 3 and conf.study_name == f"trtsweep-{cfg.name}"  # the dataclass's default, resolved
+    assert conf.max_retry == OptunaSweeperConf.max_retry and conf.params == {}
+    assert OmegaConf.to_container(conf.sampler) == {"_target_": "optuna.samplers.QMCSampler", "scramble": True}
+    # no default repeated outside the dataclass (compared by value: Hydra's scan re-executed the module)
+    assert vars(OptunaSweeper().sweeper.conf) == vars(OptunaSweeperConf())
+
+
 def test_grid_sampler_needs_finite_values():
     params, _ = space("measure.trim=interval(0.01,0.1)")
     with pytest.raises(_space.SearchSpaceError, match="sampler=grid needs a finite set of values"):
