@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "grid_digits_cnn.csv"
-sys.path.insert(0, str(ROOT))  # hydra_plugins/ is importable from a checkout without installing
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # hydra_plugins/ and trtsweep importable from a checkout as is
 
 PRECISIONS = "fp32,fp16,int8,int8_dynamic"
 GRIDS: Dict[str, List[str]] = {}
@@ -168,25 +168,26 @@ def replay(grid: Grid, sampler_name: str, seed: int, n_trials: int, n_distinct: 
     """
     import optuna
 
-    from hydra_plugins.trtsweep_sweepers import optuna as sweeper
+    from hydra_plugins.trtsweep_sweepers import _outcome, _space, _study
+    from hydra_plugins.trtsweep_sweepers.optuna import OptunaSweeperConf
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space, _fixed = sweeper.split_space(sweeper.parse_overrides(SPACE))
-    sweeper.attach_engine_conditions(space, engine_keys(["tflite", "onnx"]), fixed_engine=None)
+    space, _fixed = _space.split_space(_space.parse_overrides(SPACE))
+    _space.attach_engine_conditions(space, engine_keys(["tflite", "onnx"]), fixed_engine=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sampler = sweeper.make_sampler(sampler_name, seed=seed, n_startup_trials=sweeper.OptunaSweeperConf.n_startup_trials,
-                                       n_objectives=1, space=space)
+        sampler = _study.make_sampler(sampler_name, seed=seed, n_startup_trials=OptunaSweeperConf.n_startup_trials,
+                                      n_objectives=1, space=space)
         study = optuna.create_study(direction="maximize", sampler=sampler)
     best, seen, history = 0.0, set(), []
     for _ in range(n_trials):
         if n_distinct is not None and len(seen) >= n_distinct:
             break
         trial = study.ask()
-        values = sweeper.suggest(trial, space)
+        values = _space.suggest(trial, space)
         rec = grid.lookup(values)
-        outcome = sweeper.trial_outcome(_as_job_result(rec), None, "throughput_ips", False, MAX_ACCURACY_DROP)
-        sweeper.tell(study, trial, outcome)
+        outcome = _outcome.trial_outcome(_as_job_result(rec), None, "throughput_ips", False, MAX_ACCURACY_DROP)
+        _outcome.tell(study, trial, outcome)
         seen.add(tuple(sorted(values.items())))
         if outcome.state == "COMPLETE" and outcome.feasible:
             best = max(best, outcome.values[0])

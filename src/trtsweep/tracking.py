@@ -25,12 +25,19 @@ ROLE_TAG = "trtsweep.role"
 MLFLOW_STATUS = {"ok": "FINISHED", "accuracy_violation": "FINISHED", "skipped": "FINISHED", "failed": "FAILED"}
 
 
+def absolute_sqlite_uri(uri: str) -> str:
+    """A relative ``sqlite:///path`` made absolute (processes in one directory agree); other URLs as given.
+
+    Shared by MLflow's tracking URI and the Optuna sweeper's storage URL.
+    """
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
 def resolve_uri(uri: str | None) -> str:
     """Explicit ``tracking.uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db`` in the current directory."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
+    return absolute_sqlite_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
 
 
 class Tracker:
@@ -219,6 +226,47 @@ class Tracker:
                 self.client.log_artifacts(run_id, str(art), artifact_path="model")
             else:
                 self.client.log_artifact(run_id, str(art), artifact_path="model")
+
+    # ---- an Optuna study (hydra/sweeper=optuna): its trials' child runs and its parent ----
+    def tag_study_trial(self, run_id: str, study_name: str, number: int, state: str) -> None:
+        """Tag a trial's child run with its study, trial number and Optuna state.
+
+        A configuration served from the result cache reuses its run, so ``optuna.trial_numbers`` lists
+        every trial (of any worker) that asked for it.
+        """
+        earlier = self.run_tags(run_id).get("optuna.trial_numbers", "")
+        numbers = sorted({int(n) for n in earlier.split(",") if n.strip().isdigit()} | {number})
+        self.tag(run_id, {"optuna.trial_number": number, "optuna.trial_numbers": ",".join(map(str, numbers)),
+                          "optuna.state": state, "optuna.study": study_name})
+
+    def log_study(self, parent_id: str, n_trials: int, best: dict[str, Any] | None = None,
+                  pareto_run_ids: list[str] | None = None, importances: dict[str, float] | None = None,
+                  files: list[Path] | None = None) -> None:
+        """A study's result on its parent run.
+
+        ``best``: ``number``, ``value``, ``params`` (text) and ``run_id`` (may be empty) of the best feasible
+        trial, or None.  Its run is tagged ``optuna.best=true`` (a different earlier best of this parent is
+        untagged); the Pareto front's runs ``optuna.pareto_front=true``; metrics ``optuna.n_trials``,
+        ``optuna.best_value``, ``optuna.importance.<param>``; ``files`` as artifacts.
+        """
+        metrics = {f"optuna.importance.{k}": v for k, v in (importances or {}).items()}
+        metrics["optuna.n_trials"] = float(n_trials)
+        parent_tags: dict[str, Any] = {}
+        previous = self.run_tags(parent_id).get("optuna.best_run_id")
+        best_run = (best or {}).get("run_id") or None
+        if previous and previous != best_run:
+            self.tag(previous, {"optuna.best": "false"})
+        if best is not None:
+            metrics["optuna.best_value"] = best["value"]
+            parent_tags.update({"optuna.best_trial": best["number"], "optuna.best_params": best["params"]})
+            if best_run:
+                self.tag(best_run, {"optuna.best": "true"})
+                parent_tags["optuna.best_run_id"] = best_run
+        for run_id in pareto_run_ids or []:
+            self.tag(run_id, {"optuna.pareto_front": "true"})
+        if parent_tags:
+            self.tag(parent_id, parent_tags)
+        self.log_extras(parent_id, metrics=metrics, files=files)
 
 
 def _run_name(spec: TrialSpec) -> str:

@@ -22,9 +22,10 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from hydra_plugins.trtsweep_sweepers import optuna as sw  # noqa: E402
+from hydra_plugins.trtsweep_sweepers import _outcome, _report, _space, _study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout's trtsweep, not an installed one
 FAST = ["model=digits_cnn", "measure.min_time_s=0.05", "measure.min_iters=10", "measure.repeats=2",
         "measure.warmup_iters=2", "data.eval_samples=64", "data.calibration_samples=16"]
 
@@ -40,7 +41,7 @@ def sweep_cmd(tmp: Path, *overrides: str, study: str = "t", storage: str | None 
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -91,7 +92,7 @@ def numbers_unique(study_obj) -> list[int]:
 # ---------------------------------------------------------------------------
 # fast: the pieces
 def space(*lines: str):
-    return sw.split_space(sw.parse_overrides(list(lines)))
+    return _space.split_space(_space.parse_overrides(list(lines)))
 
 
 def test_grammar_maps_to_optuna_distributions():
@@ -110,7 +111,7 @@ def test_grammar_maps_to_optuna_distributions():
     assert fixed == ["model=digits_cnn"]
     extra = next(p for p in params if p.name == "extra")
     assert extra.key == "+extra"
-    assert sw.overrides_for(params, {"extra": 2, "engine": "tf"}, fixed) == ["model=digits_cnn", "+extra=2", "engine=tf"]
+    assert _space.overrides_for(params, {"extra": 2, "engine": "tf"}, fixed) == ["model=digits_cnn", "+extra=2", "engine=tf"]
 
 
 def test_later_override_of_a_key_wins():
@@ -127,7 +128,7 @@ def test_later_override_of_a_key_wins():
     ("x=choice(a,a)", "a value appears twice"),
 ])
 def test_invalid_space_names_the_value_and_the_fix(line, expected):
-    with pytest.raises(sw.SearchSpaceError) as e:
+    with pytest.raises(_space.SearchSpaceError) as e:
         space(line)
     assert expected in str(e.value) and "fix:" in str(e.value) and "\n" not in str(e.value)
 
@@ -135,29 +136,29 @@ def test_invalid_space_names_the_value_and_the_fix(line, expected):
 def test_engine_parameters_are_conditional_on_the_sampled_engine():
     keys = {"tf": {"intra_op_threads"}, "tflite": {"num_threads", "use_xnnpack"}, "onnx": {"intra_op_num_threads"}}
     params, _ = space("engine=choice(tf,tflite,onnx)", "engine.num_threads=choice(1,2)", "precision=fp32,int8")
-    sw.attach_engine_conditions(params, keys, fixed_engine=None)
+    _space.attach_engine_conditions(params, keys, fixed_engine=None)
     assert next(p for p in params if p.name == "engine.num_threads").engines == ("tflite",)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(30):
         trial = study.ask()
-        values = sw.suggest(trial, params)
+        values = _space.suggest(trial, params)
         assert ("engine.num_threads" in values) == (values["engine"] == "tflite")
         seen.add(values["engine"])
         study.tell(trial, 1.0)
     assert seen == {"tf", "tflite", "onnx"}
     # every value of every parameter appears in the validation set, each with an engine that has it
-    reps = sw.representative_assignments(params)
+    reps = _space.representative_assignments(params)
     assert {r["engine"] for r in reps} == {"tf", "tflite", "onnx"}
     assert {r.get("engine.num_threads") for r in reps if r["engine"] == "tflite"} == {1, 2}
     assert all("engine.num_threads" not in r for r in reps if r["engine"] != "tflite")
 
 
 def test_unknown_engine_parameter_is_rejected():
-    with pytest.raises(sw.SearchSpaceError, match="nonexistent is not a parameter of engine=tflite; fix: use one of"):
-        sw.attach_engine_conditions(space("engine.nonexistent=choice(1,2)")[0], {"tflite": {"num_threads"}}, "tflite")
-    with pytest.raises(sw.SearchSpaceError, match="not a parameter of any engine in the search"):
-        sw.attach_engine_conditions(space("engine=tf,tflite", "engine.nonexistent=choice(1,2)")[0],
+    with pytest.raises(_space.SearchSpaceError, match="nonexistent is not a parameter of engine=tflite; fix: use one of"):
+        _space.attach_engine_conditions(space("engine.nonexistent=choice(1,2)")[0], {"tflite": {"num_threads"}}, "tflite")
+    with pytest.raises(_space.SearchSpaceError, match="not a parameter of any engine in the search"):
+        _space.attach_engine_conditions(space("engine=tf,tflite", "engine.nonexistent=choice(1,2)")[0],
                                     {"tf": {"intra_op_threads"}, "tflite": {"num_threads"}}, None)
 
 
@@ -167,56 +168,114 @@ def _result(status: str, **metrics) -> dict:
 
 
 def test_trial_outcomes_map_to_optuna_states():
-    ok = sw.trial_outcome(_result("ok", throughput_ips=100.0, accuracy_drop=0.002), None, "throughput_ips", False, 0.01)
+    ok = _outcome.trial_outcome(_result("ok", throughput_ips=100.0, accuracy_drop=0.002), None, "throughput_ips", False, 0.01)
     assert (ok.state, ok.values, ok.feasible) == ("COMPLETE", [100.0], True)
     assert ok.attrs["constraint"] == [pytest.approx(-0.008)] and ok.attrs["cached"] is True
-    bad = sw.trial_outcome(_result("accuracy_violation", throughput_ips=200.0, accuracy_drop=0.05), None,
+    bad = _outcome.trial_outcome(_result("accuracy_violation", throughput_ips=200.0, accuracy_drop=0.05), None,
                            "throughput_ips", False, 0.01)
     assert (bad.state, bad.feasible, bad.label) == ("COMPLETE", False, "INFEASIBLE")
     assert bad.attrs["constraint"][0] == pytest.approx(0.04)
-    assert sw.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01).state == "PRUNED"
-    failed = sw.trial_outcome(_result("failed"), None, "throughput_ips", False, 0.01)
+    assert _outcome.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01).state == "PRUNED"
+    failed = _outcome.trial_outcome(_result("failed"), None, "throughput_ips", False, 0.01)
     assert failed.state == "FAIL" and failed.attrs["reason"] == "why"
-    crashed = sw.trial_outcome(None, "RuntimeError: boom", "throughput_ips", False, 0.01)
+    crashed = _outcome.trial_outcome(None, "RuntimeError: boom", "throughput_ips", False, 0.01)
     assert crashed.state == "FAIL" and crashed.attrs["reason"] == "RuntimeError: boom"
-    multi = sw.trial_outcome(_result("ok", latency_p99_ms=2.0, accuracy_drop=0.0), None, "latency_p99_ms", True, 0.01)
+    multi = _outcome.trial_outcome(_result("ok", latency_p99_ms=2.0, accuracy_drop=0.0), None, "latency_p99_ms", True, 0.01)
     assert multi.values == [2.0, 0.0]
-    no_metric = sw.trial_outcome(_result("ok", accuracy_drop=0.0), None, "throughput_ips", False, 0.01)
+    no_metric = _outcome.trial_outcome(_result("ok", accuracy_drop=0.0), None, "throughput_ips", False, 0.01)
     assert no_metric.state == "FAIL" and "throughput_ips" in no_metric.attrs["reason"]
 
 
 def test_best_is_the_best_feasible_trial_and_pareto_excludes_infeasible():
-    sampler = sw.make_sampler("tpe", seed=0, n_startup_trials=None, n_objectives=1, space=[])
+    sampler = _study.make_sampler("tpe", seed=0, n_startup_trials=None, n_objectives=1, space=[])
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for value, status, drop in [(100.0, "ok", 0.0), (300.0, "accuracy_violation", 0.2), (150.0, "ok", 0.005)]:
         trial = study.ask()
-        sw.tell(study, trial, sw.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop), None,
+        _outcome.tell(study, trial, _outcome.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop), None,
                                                "throughput_ips", False, 0.01))
     trial = study.ask()
-    sw.tell(study, trial, sw.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01))
-    best = sw.best_trial(study.trials, "maximize")
+    _outcome.tell(study, trial, _outcome.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01))
+    best = study.best_trial  # Optuna's own: the infeasible 300.0 is never the best
     assert best is not None and best.values == [150.0]
-    if sw.native_constraints():  # Optuna ≥ 5: the sampler and Optuna's own best_trial see the constraint too
+    if _outcome.native_constraints():  # Optuna ≥ 5: the sampler and Optuna's own best_trial see the constraint too
         assert study.trials[1].constraints == {"accuracy_drop": pytest.approx(0.19)}
-        assert study.best_trial.values == [150.0]
-    front = sw.pareto_front(study.trials, ["maximize"])
+    assert _report.best_and_front(study) == (best, [])
+    front = study.best_trials
     assert [t.values[0] for t in front] == [150.0]
-    lines = sw.summary_lines(study.trials, best, [], "s", "throughput_ips", 4)
+    lines = _report.summary_lines(study.trials, best, [], "s", "throughput_ips", 4)
     assert "complete=2, infeasible=1, failed=0, skipped(pruned)=1" in lines[0] and "trial #2" in lines[1]
+
+
+def test_multi_objective_front_is_optunas_and_excludes_infeasible():
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for value, status, drop in [(100.0, "ok", 0.0), (300.0, "accuracy_violation", 0.2), (150.0, "ok", 0.005),
+                                (120.0, "ok", 0.008)]:
+        trial = study.ask()
+        _outcome.tell(study, trial, _outcome.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop),
+                                                           None, "throughput_ips", True, 0.01))
+    best, front = _report.best_and_front(study)
+    assert [t.values for t in front] == [[100.0, 0.0], [150.0, 0.005]]  # 300 is infeasible, 120 dominated
+    assert best.values == [150.0, 0.005]
+    assert _report.study_table(study)["feasible"].tolist() == [True, False, True, True]
+
+
+def test_sampler_is_a_target_node_built_by_instantiate():
+    from omegaconf import OmegaConf
+
+    for name, cls in [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
+                      ("cmaes", optuna.samplers.CmaEsSampler), ("nsgaii", optuna.samplers.NSGAIISampler)]:
+        assert _study.SAMPLERS[name]["_target_"] == f"optuna.samplers.{cls.__name__}"
+        assert type(_study.make_sampler(name, 1, 5, 1, [])) is cls
+    assert _study.make_sampler("tpe", 1, 7, 1, [])._n_startup_trials == 7  # the sweeper's setting is filled in
+    node = OmegaConf.create({"_target_": "optuna.samplers.QMCSampler", "scramble": True})  # the user's own node
+    qmc = _study.make_sampler(node, 3, 5, 1, [])
+    assert isinstance(qmc, optuna.samplers.QMCSampler) and qmc._seed == 3  # seed filled; QMC takes no n_startup
+    tpe = _study.make_sampler({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 2}, None, 5, 1, [])
+    assert tpe._n_startup_trials == 2  # the node's own value wins
+    for sampler, expected in [("bogus", "hydra.sweeper.sampler=bogus is unknown; fix: use one of tpe, random"),
+                              ({"seed": 1}, "neither a name nor a node with _target_"),
+                              ({"_target_": "optuna.samplers.Nope"}, "cannot be loaded"),
+                              ({"_target_": "optuna.samplers.RandomSampler", "bogus": 1}, "cannot be built")]:
+        with pytest.raises(_space.SearchSpaceError, match="fix:") as e:
+            _study.make_sampler(sampler, None, None, 1, [])
+        assert expected in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(_space.SearchSpaceError, match="sampler=cmaes is single-objective"):
+        _study.make_sampler("cmaes", None, None, 2, [])
+
+
+def test_the_sweeper_is_built_from_its_config_node_with_the_dataclass_defaults():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.trtsweep_sweepers.optuna import OptunaSweeper, OptunaSweeperConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True, overrides=[
+            "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler={_target_:optuna.samplers.QMCSampler,scramble:true}"])
+    sweeper = instantiate(cfg.hydra.sweeper)
+    assert type(sweeper).__name__ == "OptunaSweeper"  # (Hydra's plugin scan loads its own copy of the module)
+    conf = sweeper.sweeper.conf
+    assert conf.n_trials == 3 and conf.study_name == f"trtsweep-{cfg.name}"  # the dataclass's default, resolved
+    assert conf.max_retry == OptunaSweeperConf.max_retry and conf.params == {}
+    assert OmegaConf.to_container(conf.sampler) == {"_target_": "optuna.samplers.QMCSampler", "scramble": True}
+    # no default repeated outside the dataclass (compared by value: Hydra's scan re-executed the module)
+    assert vars(OptunaSweeper().sweeper.conf) == vars(OptunaSweeperConf())
 
 
 def test_grid_sampler_needs_finite_values():
     params, _ = space("measure.trim=interval(0.01,0.1)")
-    with pytest.raises(sw.SearchSpaceError, match="sampler=grid needs a finite set of values"):
-        sw.make_sampler("grid", None, None, 1, params)
+    with pytest.raises(_space.SearchSpaceError, match="sampler=grid needs a finite set of values"):
+        _study.make_sampler("grid", None, None, 1, params)
     params = space("a=range(1,4)", "b=choice(x,y)")[0]
-    study = optuna.create_study(sampler=sw.make_sampler("grid", 0, None, 1, params))
+    study = optuna.create_study(sampler=_study.make_sampler("grid", 0, None, 1, params))
     seen = set()
     while not study.sampler.is_exhausted(study):  # told outside optimize(): the last point must not raise
         trial = study.ask()
-        values = sw.suggest(trial, params)
+        values = _space.suggest(trial, params)
         seen.add((values["a"], values["b"]))
-        sw.tell(study, trial, sw.trial_outcome(_result("ok", throughput_ips=1.0), None, "throughput_ips", False, 0.01))
+        _outcome.tell(study, trial, _outcome.trial_outcome(_result("ok", throughput_ips=1.0), None, "throughput_ips", False, 0.01))
     assert seen == {(a, b) for a in (1, 2, 3) for b in ("x", "y")}
 
 
@@ -225,19 +284,19 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(tmp_
     """Killed between ask() and the first heartbeat: Optuna's stale check never sees it; ours does."""
     import datetime
 
-    storage = sw.open_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=2, max_retry=1)
+    storage = _study.open_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=2, max_retry=1)
     study = optuna.create_study(storage=storage, study_name="orphan")
     orphan = study.ask({"x": optuna.distributions.IntDistribution(1, 3)})  # no heartbeat, no worker attribute
     alive = study.ask()
     alive.set_user_attr("worker", "host:1")  # a live worker marks its trial at once
-    assert sw.fail_orphaned_trials(study, storage, 2) == []  # too young to be called orphaned
+    assert _study.fail_orphaned_trials(study, storage, 2) == []  # too young to be called orphaned
     later = datetime.datetime.now() + datetime.timedelta(seconds=5)
-    assert sw.fail_orphaned_trials(study, storage, 2, now=later) == [orphan.number]
+    assert _study.fail_orphaned_trials(study, storage, 2, now=later) == [orphan.number]
     trials = study.get_trials()
     assert trials[orphan.number].state.name == "FAIL" and trials[alive.number].state.name == "RUNNING"
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retry) == 1 and retry[0].state.name == "WAITING" and retry[0].params == orphan.params
-    assert sw.fail_orphaned_trials(study, storage, 2, now=later) == []  # once only
+    assert _study.fail_orphaned_trials(study, storage, 2, now=later) == []  # once only
 
 
 # ---------------------------------------------------------------------------
@@ -257,9 +316,9 @@ def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_pat
         assert (t.state.name == "PRUNED") == (t.user_attrs["status"] == "skipped")
         if t.state.name == "PRUNED":
             assert "precision=int8" in t.user_attrs["reason"]
-    best = sw.best_trial(study.trials, "maximize")
+    best = study.best_trial  # Optuna's own choice, constraint-aware
     assert best is not None and best.user_attrs["status"] == "ok" and best.user_attrs["constraint"][0] <= 0
-    feasible = [t.values[0] for t in study.trials if sw.is_feasible(t)]
+    feasible = [t.values[0] for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs["constraint"][0] <= 0]
     assert best.values[0] == max(feasible)
     assert f"optuna best: trial #{best.number} throughput_ips=" in proc.stdout
     check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "search")
@@ -303,7 +362,7 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_not_lost(tmp_path):
     cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,fp16)", "batch_size=choice(1,8)",
                     "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
                     "hydra.sweeper.seed=3", study="resume")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     killed = None
@@ -387,7 +446,7 @@ def test_two_workers_share_one_postgres_study(tmp_path, pg_urls):
     MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # create MLflow's schema once, before the workers
     per_worker = 3
     procs = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)
     for i in range(2):  # two "machines": own directory and cache, one study and one MLflow server
         wd = tmp_path / f"worker{i}"

@@ -1,0 +1,126 @@
+"""A trial's outcome: what a job's result (``trtsweep.app.run_job``) tells Optuna.
+
+``ok`` → COMPLETE with the objective; ``accuracy_violation`` → COMPLETE but infeasible (a constraint
+> 0, so Optuna's ``study.best_trial`` / ``best_trials`` never pick it and TPE / NSGA-II steer away);
+``skipped`` → PRUNED; ``failed`` → FAIL.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from optuna.study import Study
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+# objective metric -> direction (multi_objective adds accuracy_drop, minimised)
+OBJECTIVES: Dict[str, str] = {
+    "throughput_ips": "maximize",
+    "latency_p50_ms": "minimize",
+    "latency_p90_ms": "minimize",
+    "latency_p99_ms": "minimize",
+    "latency_mean_ms": "minimize",
+}
+ACCURACY_OBJECTIVE = "accuracy_drop"
+CONSTRAINT_ATTR = "constraint"  # user attribute [accuracy_drop - fidelity.max_accuracy_drop]; > 0 is infeasible
+METRIC_ATTRS = ("throughput_ips", "latency_p50_ms", "latency_p99_ms", "accuracy", "accuracy_drop", "top1_agreement")
+# where Optuna 4 keeps a trial's constraints (what its samplers' ``constraints_func`` writes, and what its
+# ``best_trial`` / ``best_trials`` and plots read); Optuna ≥ 5 has ``Trial.set_constraint`` for it
+_OPTUNA4_CONSTRAINTS_KEY = "constraints"
+
+
+@dataclass
+class Outcome:
+    state: str  # COMPLETE | PRUNED | FAIL (Optuna TrialState names)
+    values: Optional[List[float]]
+    feasible: bool
+    attrs: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return "INFEASIBLE" if self.state == "COMPLETE" and not self.feasible else self.state
+
+
+def trial_outcome(result: Optional[Dict[str, Any]], error: Optional[str], objective: str, multi_objective: bool,
+                  max_accuracy_drop: float) -> Outcome:
+    """Map a job's return value (``trtsweep.app.run_job``) to what Optuna is told."""
+    if result is None:
+        return Outcome("FAIL", None, False, {"status": "failed", "reason": error or "the job failed"})
+    status = str(result.get("status"))
+    metrics = result.get("metrics") or {}
+    attrs: Dict[str, Any] = {"status": status, "trial_key": result.get("trial_key") or "",
+                             "mlflow_run_id": result.get("mlflow_run_id") or "",
+                             "cached": bool((result.get("row") or {}).get("cached", False))}
+    attrs.update({k: float(metrics[k]) for k in METRIC_ATTRS if _finite(metrics.get(k))})
+    if result.get("reason"):
+        attrs["reason"] = str(result["reason"])
+    if status == "skipped":
+        return Outcome("PRUNED", None, False, attrs)
+    if status not in ("ok", "accuracy_violation"):
+        attrs.setdefault("reason", f"status {status}")
+        return Outcome("FAIL", None, False, attrs)
+    wanted = objective_names(objective, multi_objective)
+    missing = [m for m in wanted if not _finite(metrics.get(m))]
+    if missing:
+        attrs["reason"] = f"the trial reported no finite {missing[0]}"
+        return Outcome("FAIL", None, False, attrs)
+    drop = metrics.get(ACCURACY_OBJECTIVE)
+    constraint = float(drop) - max_accuracy_drop if _finite(drop) else 0.0
+    if status == "accuracy_violation":
+        constraint = max(constraint, 1e-12)  # the runner's verdict wins over float rounding
+    attrs[CONSTRAINT_ATTR] = [constraint]
+    return Outcome("COMPLETE", [float(metrics[m]) for m in wanted], constraint <= 0, attrs)
+
+
+def objective_names(objective: str, multi_objective: bool) -> List[str]:
+    """The study's metric names: the objective, and accuracy_drop in a multi-objective study."""
+    return [objective] + ([ACCURACY_OBJECTIVE] if multi_objective else [])
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def native_constraints() -> bool:
+    """Optuna ≥ 5 takes constraints from ``Trial.set_constraint`` (``constraints_func`` is deprecated)."""
+    return hasattr(Trial, "set_constraint")
+
+
+def trial_constraints(trial: FrozenTrial) -> Sequence[float]:
+    """Optuna 4's ``constraints_func`` (TPE, NSGA-II): ≤ 0 is feasible."""
+    return trial.user_attrs.get(CONSTRAINT_ATTR, [0.0])
+
+
+def constraint_values(trial: FrozenTrial) -> List[float]:
+    """The constraints Optuna holds for a trial (as its best_trial, best_trials and plots read them)."""
+    if hasattr(trial, "constraints"):  # Optuna ≥ 5
+        return list(trial.constraints.values())
+    return list(trial.system_attrs.get(_OPTUNA4_CONSTRAINTS_KEY) or ())
+
+
+def is_infeasible(trial: FrozenTrial) -> bool:
+    """A completed trial that violates a constraint (for counts and tables; selection is Optuna's)."""
+    return trial.state == TrialState.COMPLETE and any(c > 0 for c in constraint_values(trial))
+
+
+def tell(study: Study, trial: Trial, outcome: Outcome) -> None:
+    """Record the outcome's attributes and constraint on the trial, then finish it with its state."""
+    for k, v in outcome.attrs.items():
+        trial.set_user_attr(k, v)
+    if CONSTRAINT_ATTR in outcome.attrs:
+        constraint = float(outcome.attrs[CONSTRAINT_ATTR][0])
+        if native_constraints():
+            trial.set_constraint(ACCURACY_OBJECTIVE, constraint)
+        else:  # Optuna 4: what its constraints_func samplers record, so every sampler's best_trial sees it
+            study._storage.set_trial_system_attr(trial._trial_id, _OPTUNA4_CONSTRAINTS_KEY, (constraint,))
+    with warnings.catch_warnings():  # the heartbeat warning again (tell); our Heartbeat records them
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            if outcome.state == "COMPLETE":
+                assert outcome.values is not None
+                study.tell(trial, outcome.values if len(outcome.values) > 1 else outcome.values[0])
+            else:
+                study.tell(trial, state=TrialState[outcome.state])
+        except RuntimeError as e:  # GridSampler calls study.stop() on its last grid point (allowed in optimize()
+            if "Study.stop" not in str(e):  # only); the trial is stored, the sweep loop checks is_exhausted()
+                raise
