@@ -160,6 +160,7 @@ class OptunaSweeperImpl:
                  sampler, " & ".join(directions), c.objective, " & accuracy_drop" if c.multi_objective else "",
                  c.n_trials)
         ran = 0
+        status = "KILLED"  # Ctrl-C or a crash of the sweep itself: marked as the grid sweeper marks it
         try:
             started = time.monotonic()
             for local in range(c.n_trials):
@@ -171,13 +172,15 @@ class OptunaSweeperImpl:
                     break
                 self._run_trial(study, storage, space, fixed, ctx, local)
                 ran += 1
+            status = "FINISHED"
         finally:
             try:
                 self._finish(study, ctx, ran)
             except Exception as e:  # noqa: BLE001 - the trials are safe in the study; still close the sweep
                 log.error("could not report the study: %s", one_line(e))
                 log.debug("study report error", exc_info=True)
-            finish_sweep(ctx)
+            df = finish_sweep(ctx, status=status)  # the same confirmation step as the grid's
+            self._summary.extend(confirmed_lines(df))
             print("\n".join(self._summary), flush=True)
         return None
 
@@ -256,3 +259,17 @@ class OptunaSweeperImpl:
                                   importances=imps, files=files)
         except Exception as e:  # noqa: BLE001
             log.error("could not log the study to MLflow: %s", one_line(e))
+
+
+def confirmed_lines(df: Any) -> List[str]:
+    """The study's final answer: the winner of the interleaved re-measurement of the close candidates
+    this process ran (trtsweep.confirm), which may differ from Optuna's best single measurement."""
+    if df is None or getattr(df, "empty", True) or "best" not in df:
+        return []
+    lines = []
+    for _, r in df[df["best"].fillna(False).astype(bool)].iterrows():
+        tie = " (a statistical tie: the cheapest of the tied)" if r.get("tie") else ""
+        lines.append(f"optuna final answer (confirmed by interleaved re-measurement){tie}: {r.model} bs={r.batch_size} "
+                     f"engine={r.engine} precision={r.precision} threads={r.threads} — "
+                     f"{r.confirm_throughput_ips:.1f} items/s (95% CI {r.confirm_ci_low:.1f}–{r.confirm_ci_high:.1f})")
+    return lines
