@@ -213,8 +213,11 @@ def finish_sweep(ctx: SweepContext, print_summary: bool = True, status: str = "F
                 b = best.sort_values("throughput_ips").iloc[-1]
                 summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
             if verdicts:
-                ctx.tracker.log_confirmation(ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
-                                             ctx.sweep_dir / "best.yaml")
+                try:
+                    ctx.tracker.log_confirmation(ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
+                                                 ctx.sweep_dir / "best.yaml")
+                except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
+                    log.error("could not log the confirmation to MLflow: %s", one_line(e))
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1], status=status)
         except Exception as e:  # noqa: BLE001
             log.error("could not finish the MLflow parent run: %s", one_line(e))

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from trtsweep import cores
 from trtsweep.engines.base import PRECISIONS, get_engine, make_params
 from trtsweep.errors import ConfigError
-from trtsweep.identity import digest, host_identity, library_versions, model_fingerprint
+from trtsweep.identity import data_fingerprint, digest, host_identity, library_versions, model_fingerprint
 
 MODEL_SOURCES = ("digits_cnn", "keras", "saved_model", "unsupported_op")
 #: bump when a generated model's builder changes: cached models, conversions and results keyed on it go stale
@@ -113,6 +113,7 @@ class TrialSpec:
     core_set: list = field(default_factory=list)  # the cores the worker is pinned to for this trial
     model_fingerprint: str = ""  # content identity of the model (see identity.model_fingerprint)
     versions: dict = field(default_factory=dict)  # converter/runtime library versions of this engine
+    data_fingerprint: str = ""  # content identity of data.path (data=file): calibration and fidelity use it
     host: dict = field(default_factory=dict)  # identity.host_identity(core_set), fixed at plan time
 
     def to_dict(self) -> dict:
@@ -136,6 +137,7 @@ class TrialSpec:
             sweep_batch_sizes=list(d.get("sweep_batch_sizes") or []),
             threads=int(d.get("threads", 1)), core_set=list(d.get("core_set") or []),
             model_fingerprint=d.get("model_fingerprint", ""), versions=dict(d.get("versions") or {}),
+            data_fingerprint=d.get("data_fingerprint", ""),
             host=dict(d.get("host") or {}),
         )
 
@@ -152,6 +154,7 @@ class TrialSpec:
         calib = dataclasses.asdict(self.data) if eng.needs_calibration(self.precision, None) else None
         if calib is not None:
             calib.pop("eval_samples", None)
+            calib["content"] = self.data_fingerprint
         ident = {"model": self.model_key(), "engine": self.engine, "precision": self.precision,
                  "params": params, "calibration": calib, "versions": self.versions}
         if self.engine == "tftrt":  # TF-TRT pre-builds engines for the batch sizes it will run
@@ -166,7 +169,7 @@ class TrialSpec:
         measurement method, and the host (CPU model and flags, core set, GPU and driver)."""
         return {
             "conversion": self.conversion_identity(), "params": self.engine_params, "threads": self.threads,
-            "batch_size": self.batch_size, "data": dataclasses.asdict(self.data),
+            "batch_size": self.batch_size, "data": dataclasses.asdict(self.data), "data_content": self.data_fingerprint,
             "measure": dataclasses.asdict(self.measure), "fidelity": dataclasses.asdict(self.fidelity),
             "fault": self.trial.fault, "host": self.host,
         }
@@ -333,6 +336,7 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
         threads=threads, core_set=pinned,
         model_fingerprint=model_fingerprint(model.path) if model.source == "saved_model" else digest(model_identity(model)),
         versions=library_versions(eng.libraries), host=host_identity(pinned),
+        data_fingerprint=data_fingerprint(data.path) if data.name == "file" and data.path else "",
     )
     reason = eng.unsupported(precision, params)
     if reason is None and eng.needs_calibration(precision, params) and data.calibration_samples == 0:

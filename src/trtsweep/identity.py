@@ -91,6 +91,21 @@ def _fingerprint_hashes(data: bytes) -> dict[str, int] | None:
     return out if len(out) == len(_FINGERPRINT_FIELDS) else None
 
 
+def data_fingerprint(path: str | Path) -> str:
+    """Content identity of a data file (hash of its bytes) or image folder (names, sizes, mtimes)."""
+    p = Path(path).expanduser()
+    h = hashlib.sha256()
+    if p.is_file():
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    elif p.is_dir():
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def _version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)

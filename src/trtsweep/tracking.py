@@ -8,6 +8,7 @@ so re-logging a trial updates its run instead of duplicating it).
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import tempfile
@@ -144,7 +145,7 @@ class Tracker:
                 if v.is_tie and key in v.tied:
                     tags.append(RunTag("tie", "true"))
                 self.client.log_batch(run_id, metrics=[Metric(k, float(x), ts, 0) for k, x in st.items()], tags=tags)
-            suffix = "" if len(verdicts) == 1 else f".{v.group.replace(' ', '.')}"
+            suffix = "" if len(verdicts) == 1 else "." + re.sub(r"[^0-9A-Za-z_.-]+", "", v.group.replace(" ", "."))
             parent_tags[f"best{suffix}"] = v.winner
             parent_tags[f"best_run{suffix}"] = child_runs.get(v.winner, "")
             parent_tags[f"recommendation{suffix}"] = v.text

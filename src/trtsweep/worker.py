@@ -79,7 +79,7 @@ def resolve_model(payload: dict):
 def _dataset(spec, model):
     from trtsweep import data
 
-    k = digest([model.fingerprint, spec.data.__dict__])
+    k = digest([model.fingerprint, spec.data.__dict__, spec.data_fingerprint])
     if k not in _datasets:
         _datasets[k] = data.load(spec.data, model)
     return _datasets[k]
@@ -90,7 +90,8 @@ def _reference(spec, model, ds) -> np.ndarray:
     from trtsweep.data import batches
     from trtsweep.engines.tf import TFRunner
 
-    k = digest([model.fingerprint, model.signature_key, spec.data.__dict__])
+    k = digest([model.fingerprint, model.signature_key, spec.data.__dict__, spec.data_fingerprint,
+                spec.versions.get("tensorflow")])  # the reference is TF's own output: its version matters
     if k in _refs:
         return _refs[k]
     path = Path(spec.cache_dir) / "reference" / f"{model.name}-{k}.npy"
@@ -165,7 +166,7 @@ def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
     target = root / spec.conversion_key()
     meta_path = target / "conversion.json"
     with FileLock(str(target) + ".lock"):
-        if meta_path.exists() and not spec.force:
+        if meta_path.exists():  # force=true re-measures; the key proves the conversion is the same
             meta = json.loads(meta_path.read_text())
             meta["conversion_cached"] = True
             return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"]), meta
@@ -199,7 +200,7 @@ def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) ->
     from trtsweep.fidelity import compare
 
     settings = {k: v for k, v in spec.engine_params.items() if "thread" not in k}
-    key = digest([conversion_key, spec.data.__dict__, settings])
+    key = digest([conversion_key, spec.data.__dict__, spec.data_fingerprint, settings])
     cache = Path(spec.cache_dir) / "artifacts" / spec.engine / conversion_key / f"fidelity-{key}.json"
     if cache.exists() and not spec.force:
         return json.loads(cache.read_text())

@@ -21,7 +21,7 @@ def test_measure_honours_warmup_min_iters_min_time_and_repeats():
         calls.append(x)
         time.sleep(0.002)
 
-    cfg = MeasureConfig(warmup_iters=5, min_iters=10, min_time_s=0.05, repeats=3)
+    cfg = MeasureConfig(warmup_iters=5, min_iters=10, min_time_s=0.05, repeats=3, max_cv=10.0)  # no extra repeats
     m = measure(run, "batch", batch_size=4, cfg=cfg)
     assert len(m.repeat_means_ms) == 3
     per_repeat = (len(calls) - 5) / 3
