@@ -117,3 +117,28 @@ def test_keys_separate_conversion_from_measurement():
 def test_presets_select_a_grid():
     c = cfg("+sweep=precision_grid")
     assert c["name"] == "precision_grid"
+
+
+def hydra_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("overrides,sweeper", [
+    ((), "trtsweep"),
+    (("+sweep=default",), "trtsweep"),
+    (("+sweep=precision_grid",), "trtsweep"),
+    (("+sweep=cpu_engines",), "trtsweep"),
+    (("+sweep=tune_cpu",), "optuna"),                          # the preset picks the Optuna sweeper
+    (("+sweep=tune_tftrt",), "optuna"),
+    (("hydra/sweeper=optuna", "+sweep=tune_cpu"), "optuna"),   # the old spelling still works
+    (("hydra/sweeper=optuna",), "optuna"),                     # the command line picks it, no preset
+])
+def test_a_preset_picks_its_sweeper(overrides, sweeper):
+    c = hydra_cfg(*overrides)
+    assert c.hydra.runtime.choices["hydra/sweeper"] == sweeper
+    target = {"trtsweep": "grid.TrtsweepGridSweeper", "optuna": "optuna.OptunaSweeper"}[sweeper]
+    assert c.hydra.sweeper._target_ == f"hydra_plugins.trtsweep_sweepers.{target}"
+    if sweeper == "optuna" and any(o.startswith("+sweep=") for o in overrides):
+        assert c.hydra.sweeper.n_trials > 0 and c.hydra.sweeper.params
+
