@@ -1,15 +1,9 @@
-"""trtsweep entry point: ``python sweep.py -m engine=tf,tflite precision=fp32,int8``."""
+"""trtsweep entry point: ``python sweep.py -m engine=tf,tflite precision=fp32,int8``.
 
-import hydra
-from omegaconf import DictConfig
+The Hydra app lives in the package (``trtsweep.entry``, configs in ``src/trtsweep/conf``), so an
+installed wheel runs the same app as ``trtsweep sweep -m engine=tf,tflite precision=fp32,int8``."""
 
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
-    from trtsweep.app import run_job
-
-    return run_job(cfg)
-
+from trtsweep.entry import main
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,14 @@ import sys
 from pathlib import Path
 
 
+def sweep_cmd(a: argparse.Namespace) -> int:
+    """``trtsweep sweep <args>`` is ``python sweep.py <args>``: the same Hydra app, config and flags."""
+    from trtsweep.entry import run
+
+    run(a.hydra_args)
+    return 0
+
+
 def doctor(_: argparse.Namespace) -> int:
     from trtsweep.engines.base import engine_names, get_engine
     from trtsweep.host import host_facts
@@ -89,6 +97,12 @@ def cache_cmd(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="trtsweep", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    # all that follows `sweep` goes to Hydra as given (-m, --help, --cfg job, key=value...): the
+    # subparser has no option of its own ("\0" as prefix: no argument starts with it)
+    s = sub.add_parser("sweep", add_help=False, prefix_chars="\0",
+                       help="run a sweep, as `python sweep.py ...` does (see `trtsweep sweep --help`)")
+    s.add_argument("hydra_args", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=sweep_cmd)
     sub.add_parser("doctor", help="which engines can run on this machine, and why not").set_defaults(fn=doctor)
     r = sub.add_parser("report", help="tables, Pareto front and a plot from a results.csv")
     r.add_argument("results")

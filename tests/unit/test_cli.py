@@ -1,8 +1,9 @@
-"""The trtsweep command: doctor, report, compare (nightly regression flags)."""
+"""The trtsweep command: sweep (the Hydra app), doctor, report, compare (nightly regression flags)."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from trtsweep.cli import main
 
@@ -47,3 +48,34 @@ def test_report_prints_best_and_writes_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "best for m bs=1: engine=tflite precision=int8" in out and "10.00x vs tf fp32" in out
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "engine=tflite", "precision=fp32,int8"],
+    ["--help"], ["-h"], ["--cfg", "job"], ["--info", "defaults"], ["hydra/sweeper=optuna", "+sweep=tune_cpu"],
+    ["--config-dir", "/my/conf", "model=my_model"], ["-cd=/my/conf", "--multirun", "batch_size=1,8"], [],
+])
+def test_sweep_hands_every_argument_to_hydra(args, monkeypatch):
+    import sys
+
+    import trtsweep.entry
+
+    seen = []
+    monkeypatch.setattr(trtsweep.entry, "main", lambda: seen.append(list(sys.argv)))
+    argv = list(sys.argv)
+    assert main(["sweep", *args]) == 0
+    assert seen == [["trtsweep sweep", *args]]  # what `python sweep.py <args>` gives Hydra
+    assert sys.argv == argv
+
+
+def test_sweep_runs_the_hydra_app_with_the_packaged_configs(capsys):
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        assert main(["sweep", "--cfg", "job", "engine=onnx"]) == 0
+        out = capsys.readouterr().out
+        assert "name: digits_cnn" in out and "intra_op_num_threads" in out
+        assert main(["sweep", "+sweep=tune_cpu", "--cfg", "hydra", "-p", "hydra.sweeper._target_"]) == 0
+        assert capsys.readouterr().out.strip() == "hydra_plugins.trtsweep_sweepers.optuna.OptunaSweeper"
+    finally:
+        GlobalHydra.instance().clear()

@@ -10,9 +10,10 @@ from hydra import compose, initialize_config_dir
 from trtsweep.app import job_config
 from trtsweep.config import mlflow_params, plan_trial
 from trtsweep.engines.base import engine_names
+from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+CONF = str(CONF_DIR)
 
 
 def cfg(*overrides: str) -> dict:
@@ -117,3 +118,47 @@ def test_keys_separate_conversion_from_measurement():
 def test_presets_select_a_grid():
     c = cfg("+sweep=precision_grid")
     assert c["name"] == "precision_grid"
+
+
+def hydra_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("overrides,sweeper", [
+    ((), "trtsweep"),
+    (("+sweep=default",), "trtsweep"),
+    (("+sweep=precision_grid",), "trtsweep"),
+    (("+sweep=cpu_engines",), "trtsweep"),
+    (("+sweep=tune_cpu",), "optuna"),                          # the preset picks the Optuna sweeper
+    (("+sweep=tune_tftrt",), "optuna"),
+    (("hydra/sweeper=optuna", "+sweep=tune_cpu"), "optuna"),   # the old spelling still works
+    (("hydra/sweeper=optuna",), "optuna"),                     # the command line picks it, no preset
+])
+def test_a_preset_picks_its_sweeper(overrides, sweeper):
+    c = hydra_cfg(*overrides)
+    assert c.hydra.runtime.choices["hydra/sweeper"] == sweeper
+    target = {"trtsweep": "grid.TrtsweepGridSweeper", "optuna": "optuna.OptunaSweeper"}[sweeper]
+    assert c.hydra.sweeper._target_ == f"hydra_plugins.trtsweep_sweepers.{target}"
+    if sweeper == "optuna" and any(o.startswith("+sweep=") for o in overrides):
+        assert c.hydra.sweeper.n_trials > 0 and c.hydra.sweeper.params
+
+
+def test_a_config_dir_of_your_own_adds_models_and_presets(tmp_path):
+    """``--config-dir /my/conf`` or ``hydra.searchpath=[file:///my/conf]``: /my/conf/model/*.yaml are
+    models and /my/conf/sweep/*.yaml presets, next to the ones that ship with trtsweep."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_model.yaml").write_text(
+        "name: my_model\nsource: digits_cnn   # an existing source, other settings\nseed: 3\nepochs: 2\n"
+        "default_data: digits\n")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\nname: mine\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n"
+        "      engine: tflite,onnx\n")
+    c = hydra_cfg(f"hydra.searchpath=[file://{tmp_path}]", "model=my_model", "+sweep=mine", "precision=int8")
+    assert c.hydra.sweeper.params.engine == "tflite,onnx" and c.hydra.runtime.choices["hydra/sweeper"] == "trtsweep"
+    spec = plan_trial(job_config(c))
+    assert (spec.model.name, spec.model.source, spec.model.seed, spec.model.epochs) == ("my_model", "digits_cnn", 3, 2)
+    assert spec.precision == "int8" and spec.skip_reason is None and spec.data.name == "digits"
+    assert plan_trial(cfg("model=digits_cnn")).model.seed == 0  # the shipped ones are untouched
+

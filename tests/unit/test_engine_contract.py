@@ -14,9 +14,10 @@ from trtsweep.calibration import calibration_data
 from trtsweep.config import DataConfig
 from trtsweep.data import batches, load
 from trtsweep.engines.base import PRECISIONS, Engine, engine_names, get_engine, make_params
+from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "engine"
+CONF = CONF_DIR / "engine"
 ENGINES = engine_names()
 
 

@@ -11,13 +11,14 @@ import yaml
 
 from trtsweep.engines.base import CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
 from trtsweep.engines.onnx import OnnxConversionError, OnnxEngine, OnnxRunner, describe_onnx, match_names
+from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError, ModelError
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "engine" / "onnx.yaml"
+CONF = CONF_DIR / "engine" / "onnx.yaml"
 EVAL = 256
 
 

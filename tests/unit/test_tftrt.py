@@ -44,6 +44,7 @@ from trtsweep.engines.tftrt._diagnostics import _capture_native_log, _hinted_err
 from trtsweep.engines.tftrt._graph_report import conversion_report
 from trtsweep.engines.tftrt._inputs import build_batch_sizes, build_input_fn, calibration_input_fn, input_order
 from trtsweep.engines.tftrt._probe import _probe_in_subprocess, availability_from_probe, probe_tensorflow
+from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError, EngineUnavailable, ModelError, TrtsweepError
 from trtsweep.gpu import gpu_facts, parse_cuda_version, parse_gpu_query
 
@@ -273,12 +274,12 @@ def test_valid_variants_are_accepted():
 
 
 def test_config_file_lists_every_param_with_its_default():
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "engine" / "tftrt.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "engine" / "tftrt.yaml"))
     assert cfg.pop("name") == "tftrt"
     defaults = dataclasses.asdict(TFTRTParams())
     assert cfg == defaults
     assert make_params(ENGINE, cfg) == TFTRTParams()
-    text = (REPO / "conf" / "engine" / "tftrt.yaml").read_text()
+    text = (CONF_DIR / "engine" / "tftrt.yaml").read_text()
     for name in defaults:  # every field is commented on the line(s) just above it
         lines = text.splitlines()
         i = next(k for k, ln in enumerate(lines) if ln.startswith(f"{name}:"))
