@@ -38,6 +38,7 @@ class Candidate:
     threads: int = 1
     model_size_mb: float = 0.0
     precision: str = "fp32"
+    reference: bool = False  # the TF FP32 baseline, timed in the same rounds for the speed-up; never a winner
 
     def cost(self) -> tuple:
         return (self.threads, round(self.model_size_mb, 3), PRECISION_RANK.get(self.precision, 9), self.label)
@@ -99,14 +100,21 @@ def paired_log_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0
 def decide(candidates: Sequence[Candidate], samples: dict[str, list[float]], group: str = "") -> Verdict:
     by_key = {c.key: c for c in candidates}
     means = {k: float(np.mean(v)) for k, v in samples.items()}
-    fastest = max(means, key=lambda k: means[k])
+    contenders = [c.key for c in candidates if not c.reference] or [c.key for c in candidates]
+    fastest = max(contenders, key=lambda k: means[k])
+    base = next((c.key for c in candidates if c.reference or (c.spec.get("engine") == "tf"
+                                                                and c.precision == "fp32")), None)
     tied = [fastest]
     stats: dict[str, dict] = {}
     for k, v in samples.items():
         lo, hi = mean_ci(v)
         st = {"confirm_throughput_ips": means[k], "confirm_ci_low": lo, "confirm_ci_high": hi,
               "confirm_rounds": len(v)}
-        if k != fastest:
+        if base is not None:  # speed-up over TF FP32 timed in the same rounds: drift cancels per round
+            ratios = [math.log(x / y) for x, y in zip(v, samples[base]) if x > 0 and y > 0]
+            if ratios:
+                st["confirm_speedup_vs_tf_fp32"] = math.exp(float(np.mean(ratios)))
+        if k != fastest and k in contenders:
             rlo, rhi = paired_log_ratio_ci(samples[fastest], v)
             st["confirm_ratio_to_fastest"] = means[k] / means[fastest]
             if not (rlo > 0):  # the fastest is not significantly faster: a tie
@@ -122,14 +130,16 @@ def _describe(v: Verdict, by_key: dict[str, Candidate]) -> str:
     w = by_key[v.winner]
     mean = v.stats[v.winner]["confirm_throughput_ips"]
     lo, hi = v.stats[v.winner]["confirm_ci_low"], v.stats[v.winner]["confirm_ci_high"]
+    sp = v.stats[v.winner].get("confirm_speedup_vs_tf_fp32")
     head = f"confirmed for {v.group}: {w.label} — {mean:.1f} items/s (95% CI {lo:.1f}–{hi:.1f}, " \
-           f"{len(v.samples[v.winner])} interleaved rounds)"
+           f"{len(v.samples[v.winner])} interleaved rounds" + (f", {sp:.2f}× TF FP32 in the same rounds)" if sp else ")")
     if v.is_tie:
         others = ", ".join(by_key[k].label for k in v.tied if k != v.winner)
         head += f"; statistically tied with {others}: recommending the cheapest (fewer threads, smaller model, " \
                 f"higher precision)"
-    elif len(v.samples) > 1:
-        runner_up = max((k for k in v.samples if k != v.winner), key=lambda k: v.stats[k]["confirm_throughput_ips"])
+    elif any("confirm_ratio_to_fastest" in v.stats[k] for k in v.samples if k != v.winner):
+        runner_up = max((k for k in v.samples if k != v.winner and "confirm_ratio_to_fastest" in v.stats[k]),
+                        key=lambda k: v.stats[k]["confirm_throughput_ips"])
         head += f"; {1 / v.stats[runner_up]['confirm_ratio_to_fastest']:.2f}× the runner-up {by_key[runner_up].label}"
     return head
 
@@ -154,15 +164,23 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
         chosen = select(rows, top_k)
         if not chosen:
             continue
+        baseline = [r for r in rows if r.get("engine") == "tf" and r.get("precision") == "fp32"
+                    and r.get("status") == "ok" and _finite(r.get("throughput_ips"))]
+        base = max(baseline, key=lambda r: r["throughput_ips"]) if baseline else None
+        reference_keys = set()
+        if base is not None and base["trial_key"] not in {r["trial_key"] for r in chosen}:
+            chosen = chosen + [base]
+            reference_keys.add(base["trial_key"])
         group = f"{model} bs={bs}"
         cands = []
         for r in chosen:
             spec = TrialSpec.from_dict(by_key[r["trial_key"]]["spec"])
             cands.append(Candidate(r["trial_key"], spec.label(), spec.to_dict(), r["throughput_ips"],
                                    r.get("throughput_ci_low", float("nan")), r.get("throughput_ci_high", float("nan")),
-                                   spec.threads, float(r.get("model_size_mb") or 0.0), spec.precision))
+                                   spec.threads, float(r.get("model_size_mb") or 0.0), spec.precision,
+                                   reference=r["trial_key"] in reference_keys))
         log.info("confirming %s: %d candidate(s) × %d interleaved rounds: %s", group, len(cands), rounds,
-                 "; ".join(c.label for c in cands))
+                 "; ".join(c.label + (" (TF FP32 reference for the speed-up)" if c.reference else "") for c in cands))
         workers = _Workers(runner)
         try:
             for c in cands:

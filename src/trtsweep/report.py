@@ -160,8 +160,11 @@ def summary_text(df: pd.DataFrame) -> str:
     for _, r in best.iterrows():
         params = ", ".join(f"{c[7:]}={_plain(r[c])}" for c in best.columns
                            if c.startswith("engine.") and c in varied and pd.notna(r[c]))
-        sp = r.get("speedup_vs_tf_fp32")
-        sp_txt = f", {sp:.2f}x vs tf fp32" if pd.notna(sp) else " (no engine=tf precision=fp32 trial at this batch size)"
+        sp = r.get("confirm_speedup_vs_tf_fp32") if pd.notna(r.get("confirm_speedup_vs_tf_fp32")) \
+            else r.get("speedup_vs_tf_fp32")
+        same_rounds = " (timed in the same interleaved rounds)" if pd.notna(r.get("confirm_speedup_vs_tf_fp32")) else ""
+        sp_txt = (f", {sp:.2f}x vs tf fp32{same_rounds}" if pd.notna(sp)
+                  else " (no engine=tf precision=fp32 trial at this batch size)")
         conf = r.get("confirm_throughput_ips")
         conf_txt = (f"; confirmed {conf:.1f} items/s (95% CI {r.confirm_ci_low:.1f}–{r.confirm_ci_high:.1f})"
                     + (" — a statistical TIE, the cheapest of the tied is recommended" if r.get("tie") else "")
