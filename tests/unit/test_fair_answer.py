@@ -253,3 +253,21 @@ def test_candidates_are_the_overlapping_stable_ones():
     assert [r["trial_key"] for r in confirm.select(rows, top_k=1)] == ["a"]
     assert [r["trial_key"] for r in confirm.select(rows[:1] + rows[2:3], top_k=3)] == ["a", "c"]  # runner-up always
     assert confirm.select(rows[:1], top_k=3) == []  # a lone configuration: nothing to rank
+
+
+def test_the_tf_fp32_reference_is_timed_alongside_but_never_wins():
+    fast = _cand("tflite", threads=2)
+    base = confirm.Candidate("tf", "tf", {"engine": "tf"}, 50.0, 45.0, 55.0, 2, 10.0, "fp32", reference=True)
+    drift = itertools.cycle([1.0, 0.8, 1.1, 0.9, 1.05])
+    state = {}
+
+    def run_round(c):  # a machine whose speed drifts from round to round, the same for both
+        if c.key == "tflite":
+            state["d"] = next(drift)
+        return (300.0 if c.key == "tflite" else 100.0) * state["d"]
+
+    samples = confirm.interleave([fast, base], run_round, rounds=5)
+    v = confirm.decide([fast, base], samples, "g")
+    assert v.winner == "tflite" and v.tied == ["tflite"]
+    assert v.stats["tflite"]["confirm_speedup_vs_tf_fp32"] == pytest.approx(3.0)  # drift cancels per round
+    assert "3.00× TF FP32" in v.text
