@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from trtsweep.atomic import atomic_write_json, atomic_write_text
 from trtsweep.config import TrialSpec, plan_trial, tracking_config
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.identity import digest
@@ -150,7 +151,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
 
 def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
     """Re-measure each group's close candidates interleaved; write confirmation.json and best.yaml."""
-    from trtsweep import confirm, runner
+    from trtsweep import confirm
     from trtsweep.config import confirm_config
 
     conf = confirm_config(ctx.cfg)
@@ -164,7 +165,7 @@ def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
         return []
     if verdicts:
         by_key = {r["trial_key"]: r for r in records}
-        runner.atomic_write_json(ctx.sweep_dir / "confirmation.json", [v.__dict__ for v in verdicts])
+        atomic_write_json(ctx.sweep_dir / "confirmation.json", [v.__dict__ for v in verdicts])
         write_best_yaml(ctx.sweep_dir / "best.yaml", verdicts, by_key)
     return verdicts
 
@@ -188,10 +189,7 @@ def write_best_yaml(path: Path, verdicts: list, by_key: dict[str, dict]) -> Path
             "confirm_ci": [round(st["confirm_ci_low"], 3), round(st["confirm_ci_high"], 3)],
             "tie": v.is_tie, "tied_with": [k for k in v.tied if k != v.winner], "verdict": v.text,
         })
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump({"best": entries}, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump({"best": entries}, sort_keys=False, allow_unicode=True))
 
 
 def finish_sweep(ctx: SweepContext, print_summary: bool = True, status: str = "FINISHED") -> "Any":
@@ -315,7 +313,7 @@ def run_job(cfg: Any) -> dict:
         except Exception as e:  # noqa: BLE001 - the result is safe in the cache and results.csv
             log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
             log.debug("MLflow error", exc_info=True)
-    runner.atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json",
+    atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json",
                              {**result.to_dict(), "overrides": list(hc.overrides.task)})
     log.info(_progress_line(index, total, spec, result))
     if own_sweep:

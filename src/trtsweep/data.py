@@ -17,6 +17,19 @@ from trtsweep.engines.base import Batch, ModelInfo, TensorSpec
 from trtsweep.errors import ConfigError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+DIGITS_TEST_FRACTION = 0.3
+
+
+def digits_split(seed: int = 0):
+    """scikit-learn's 8x8 digits, scaled to [0, 1], with a fixed held-out split (the digits_cnn model
+    trains on the first part; data=digits evaluates on the second)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    y = d.target.astype(np.int64)
+    return train_test_split(x, y, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=y)
 
 
 @dataclass
@@ -79,8 +92,6 @@ def _take(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _digits(cfg: DataConfig, model: ModelInfo) -> Dataset:
-    from trtsweep.models import digits_split
-
     spec = _image_input(model, "digits")
     x_train, x_test, y_train, y_test = digits_split(cfg.seed)
     _, h, w, c = spec.shape

@@ -8,32 +8,18 @@ under ``<cache_dir>/models/<name>-<config hash>`` behind a file lock, so concurr
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from trtsweep.config import ModelConfig, model_identity
+from trtsweep.atomic import build_once
+from trtsweep.config import DataConfig, ModelConfig, model_identity
+from trtsweep.data import digits_split, load
 from trtsweep.engines.base import ModelInfo, TensorSpec
 from trtsweep.errors import ModelError
 from trtsweep.identity import digest, model_fingerprint
 
 log = logging.getLogger(__name__)
-
-DIGITS_TEST_FRACTION = 0.3
-
-
-def digits_split(seed: int = 0):
-    """scikit-learn's 8x8 digits, scaled to [0, 1], with a fixed held-out split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[..., None]
-    y = d.target.astype(np.int64)
-    return train_test_split(x, y, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=y)
 
 
 def resolve(cfg: ModelConfig, cache_dir: str | Path) -> ModelInfo:
@@ -103,25 +89,13 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
 
 
 def _build_cached(cfg: ModelConfig, cache_dir: Path) -> Path:
-    from filelock import FileLock
-
-    root = cache_dir / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{cfg.name}-{digest(model_identity(cfg), 12)}"
-    with FileLock(str(target) + ".lock"):
-        if (target / "saved_model.pb").exists():
-            return target
-        builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,
-                   "unsupported_op": build_unsupported_op}[cfg.source]
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=root))
-        try:
+    target = cache_dir / "models" / f"{cfg.name}-{digest(model_identity(cfg), 12)}"
+    with build_once(target, lambda t: (t / "saved_model.pb").exists()) as work:
+        if work is not None:
+            builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,
+                       "unsupported_op": build_unsupported_op}[cfg.source]
             log.info("building model %s (once; cached in %s)", cfg.name, target)
-            builder(cfg, tmp / "m")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp / "m", target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            builder(cfg, work)
     return target
 
 
@@ -173,10 +147,6 @@ def _reestimate_batchnorm(model, size: int, cfg: ModelConfig, n: int = 32) -> No
     sample photos) with momentum 0 sets each layer's moving mean/variance to that batch's statistics, so
     outputs depend on the input again and the fidelity metrics mean something."""
     import keras
-
-    from trtsweep.config import DataConfig
-    from trtsweep.data import load
-    from trtsweep.engines.base import ModelInfo, TensorSpec
 
     info = ModelInfo(cfg.name, "", "", [TensorSpec("x", (None, size, size, 3), "float32")], [], "",
                      input_range=tuple(cfg.input_range) if cfg.input_range else None)

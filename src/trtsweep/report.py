@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
+from trtsweep.atomic import atomic_write
 
 KEY_COLUMNS = ["model", "engine", "precision", "batch_size", "status"]
 SHOW_METRICS = ["latency_p50_ms", "throughput_ips", "top1_agreement", "accuracy_drop"]
@@ -115,19 +114,12 @@ def pareto_front(df: pd.DataFrame, x: str = "accuracy_drop", y: str = "throughpu
 
 def write(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """results.csv and results.parquet, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, writer in (("results.csv", lambda p: df.to_csv(p, index=False)),
                          ("results.parquet", lambda p: df.to_parquet(p, index=False))):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=name, suffix=".tmp")
-        os.close(fd)
         try:
-            writer(tmp)
-            os.replace(tmp, out_dir / name)
-            paths.append(out_dir / name)
+            paths.append(atomic_write(out_dir / name, writer))
         except Exception:  # noqa: BLE001 - parquet needs pyarrow; the csv is the contract
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             if name == "results.csv":
                 raise
     return paths

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec
 from trtsweep.engines.base import get_engine, make_params
 
@@ -190,16 +189,6 @@ def _results_dir(cache_dir: str) -> Path:
     p = Path(cache_dir) / "results"
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_cached(spec: TrialSpec) -> TrialResult | None:

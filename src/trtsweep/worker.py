@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -21,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from trtsweep.config import digest
-from trtsweep.runner import atomic_write_json
+from trtsweep.atomic import atomic_save_npy, atomic_write_json, build_once
+from trtsweep.identity import digest
 
 log = logging.getLogger("trtsweep.worker")
 
@@ -102,17 +100,9 @@ def _reference(spec, model, ds) -> np.ndarray:
     bs = 32 if model.inputs[0].shape[0] is None else int(model.inputs[0].shape[0])
     outs = [runner.run(runner.prepare(b))[0] for b in batches(ds.evaluation, bs)]
     ref = np.concatenate(outs)[: ds.eval_count]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(path, ref)
+    atomic_save_npy(path, ref)
     _refs[k] = ref
     return ref
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def _reset_peak_rss() -> None:
@@ -157,41 +147,34 @@ def _inject(fault: str | None) -> None:
 
 def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
     """Convert once per conversion key; later trials (other batch sizes, threads) reuse the artifact."""
-    from filelock import FileLock
-
     from trtsweep.calibration import calibration_data
 
-    root = Path(spec.cache_dir) / "artifacts" / spec.engine
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / spec.conversion_key()
-    meta_path = target / "conversion.json"
-    with FileLock(str(target) + ".lock"):
-        if meta_path.exists():  # force=true re-measures; the key proves the conversion is the same
-            meta = json.loads(meta_path.read_text())
+    target = Path(spec.cache_dir) / "artifacts" / spec.engine / spec.conversion_key()
+    with build_once(target, lambda t: (t / "conversion.json").exists()) as work:
+        if work is None:  # force=true re-measures; the key proves the conversion is the same
+            meta = json.loads((target / "conversion.json").read_text())
             meta["conversion_cached"] = True
-            return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"]), meta
+            return _artifact_path(target, meta), meta
         calib = None
         if engine.needs_calibration(spec.precision, engine.params):
             calib = calibration_data(ds, engine.calibration_batch_size(engine.params, spec.sweep_batch_sizes))
             log.info("calibrating on %d batches", len(calib))
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=root))
-        try:
-            log.info("converting %s -> %s %s", model.name, spec.engine, spec.precision)
-            res = engine.convert(model, spec.precision, calib, tmp, spec.sweep_batch_sizes)
-            art = Path(res.artifact)
-            inside = tmp in art.parents
-            meta = {"artifact_name": str(art.relative_to(tmp)) if inside else "", "artifact": str(art),
-                    "convert_time_s": res.convert_time_s, "calibrate_time_s": res.calibrate_time_s,
-                    "report": res.report, "metrics": res.metrics, "conversion_key": target.name,
-                    "identity": spec.conversion_identity(), "converted_at": time.time()}
-            (tmp / "conversion.json").write_text(json.dumps(meta, indent=1, default=str))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converting %s -> %s %s", model.name, spec.engine, spec.precision)
+        res = engine.convert(model, spec.precision, calib, work, spec.sweep_batch_sizes)
+        art = Path(res.artifact)
+        inside = work in art.parents
+        meta = {"artifact_name": str(art.relative_to(work)) if inside else "", "artifact": str(art),
+                "convert_time_s": res.convert_time_s, "calibrate_time_s": res.calibrate_time_s,
+                "report": res.report, "metrics": res.metrics, "conversion_key": target.name,
+                "identity": spec.conversion_identity(), "converted_at": time.time()}
+        (work / "conversion.json").write_text(json.dumps(meta, indent=1, default=str))
     meta["conversion_cached"] = False
-    return (target / meta["artifact_name"]) if meta["artifact_name"] else Path(meta["artifact"]), meta
+    return _artifact_path(target, meta), meta
+
+
+def _artifact_path(target: Path, meta: dict) -> Path:
+    """The artifact inside the conversion's directory, or outside it (engine=tf: the SavedModel itself)."""
+    return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"])
 
 
 def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) -> dict:
