@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from trtsweep.config import DataConfig
-from trtsweep.engines.base import Batch, ModelInfo, TensorSpec
+from trtsweep.types import Batch, ModelInfo, TensorSpec
 from trtsweep.errors import ConfigError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}

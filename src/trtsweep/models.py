@@ -15,7 +15,7 @@ import numpy as np
 from trtsweep.atomic import build_once
 from trtsweep.config import DataConfig, ModelConfig, model_identity
 from trtsweep.data import digits_split, load
-from trtsweep.engines.base import ModelInfo, TensorSpec
+from trtsweep.types import ModelInfo, TensorSpec
 from trtsweep.errors import ModelError
 from trtsweep.identity import digest, model_fingerprint
 

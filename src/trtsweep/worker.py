@@ -198,7 +198,8 @@ def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) ->
 def run_trial(payload: dict) -> dict:
     from trtsweep.config import TrialSpec
     from trtsweep.data import batches
-    from trtsweep.engines.base import get_engine, make_params, ModelInfo
+    from trtsweep.engines.base import get_engine, make_params
+    from trtsweep.types import ModelInfo
     from trtsweep.host import host_facts
     from trtsweep.measure import measure
 
@@ -258,7 +259,8 @@ _loaded: dict[str, tuple] = {}
 
 def _load_for(spec):
     """Model, dataset, engine and its loaded artifact for ``spec`` (the conversion comes from the cache)."""
-    from trtsweep.engines.base import ModelInfo, get_engine, make_params
+    from trtsweep.engines.base import get_engine, make_params
+    from trtsweep.types import ModelInfo
 
     model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
     ds = _dataset(spec, model)

@@ -71,7 +71,7 @@ def test_digits_data_has_labels_and_exact_counts(digits_model):
 
 
 def test_sample_images_are_resized_and_scaled(tmp_path):
-    from trtsweep.engines.base import ModelInfo, TensorSpec
+    from trtsweep.types import ModelInfo, TensorSpec
 
     info = ModelInfo("m", "", "serving_default", [TensorSpec("img", (None, 64, 48, 3), "float32")],
                      [TensorSpec("o", (None, 5), "float32")], "x", input_range=(-1.0, 1.0))

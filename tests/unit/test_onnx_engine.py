@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from trtsweep.engines.base import CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
+from trtsweep.engines.base import get_engine, make_params
 from trtsweep.engines.onnx import OnnxConversionError, OnnxEngine, OnnxRunner, describe_onnx, match_names
 from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError, ModelError
+from trtsweep.types import CalibrationData, ModelInfo, TensorSpec
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("onnxruntime")

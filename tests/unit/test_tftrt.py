@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
 
 from trtsweep.config import plan_trial
-from trtsweep.engines.base import Availability, CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
+from trtsweep.engines.base import Availability, get_engine, make_params
 from trtsweep.engines.tftrt import (
     ENGINE,
     PROFILE_STRATEGIES,
@@ -47,6 +47,7 @@ from trtsweep.engines.tftrt._probe import _probe_in_subprocess, availability_fro
 from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError, EngineUnavailable, ModelError, TrtsweepError
 from trtsweep.gpu import gpu_facts, parse_cuda_version, parse_gpu_query
+from trtsweep.types import CalibrationData, ModelInfo, TensorSpec
 
 REPO = Path(__file__).resolve().parents[2]
 AVAILABILITY = TFTRTEngine.availability()

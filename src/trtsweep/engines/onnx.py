@@ -23,18 +23,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import (
-    Availability,
-    Batch,
-    CalibrationData,
-    ConversionResult,
-    Engine,
-    ModelInfo,
-    Runner,
-    TensorSpec,
-    param_stage,
-)
+from trtsweep.engines.base import Availability, ConversionResult, Engine, Runner, param_stage
 from trtsweep.errors import ConfigError, ModelError, TrtsweepError, one_line
+from trtsweep.types import Batch, CalibrationData, ModelInfo, TensorSpec
 
 ARTIFACT_NAME = "model.onnx"
 

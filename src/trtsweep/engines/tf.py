@@ -10,9 +10,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import (CalibrationData, ConversionResult, Engine, ModelInfo, Runner,
-                                   param_stage)
+from trtsweep.engines.base import ConversionResult, Engine, Runner, param_stage
 from trtsweep.errors import ConfigError
+from trtsweep.types import CalibrationData, ModelInfo
 
 
 @dataclass

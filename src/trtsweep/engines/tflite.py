@@ -19,9 +19,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import (Availability, CalibrationData, ConversionResult, Engine, ModelInfo,
-                                   Runner, param_stage)
+from trtsweep.engines.base import Availability, ConversionResult, Engine, Runner, param_stage
 from trtsweep.errors import ConfigError, TrtsweepError
+from trtsweep.types import CalibrationData, ModelInfo
 
 
 @dataclass

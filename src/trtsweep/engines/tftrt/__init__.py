@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import Availability, Batch, CalibrationData, ConversionResult, Engine, ModelInfo, Runner
+from trtsweep.engines.base import Availability, ConversionResult, Engine, Runner
 from trtsweep.engines.tftrt._api import (
     API_BUILD,
     API_CONVERT,
@@ -64,6 +64,7 @@ from trtsweep.engines.tftrt._probe import (
     probe_tensorflow,
 )
 from trtsweep.errors import ConfigError, ModelError
+from trtsweep.types import Batch, CalibrationData, ModelInfo
 
 SAVED_MODEL_DIR = "saved_model"
 

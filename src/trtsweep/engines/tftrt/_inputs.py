@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import CalibrationData, ModelInfo, TensorSpec
+from trtsweep.types import CalibrationData, ModelInfo, TensorSpec
 from trtsweep.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:  # type-only: at run time no private module imports the package
