@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from trtsweep import runner
 from trtsweep.app import ENV_OFFSET, SweepContext, fail, finish_sweep, plan_sweep, start_sweep, sweep_key
 from trtsweep.errors import ConfigError, one_line
+from trtsweep.results import JobResult, TrialStatus
 from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import ACCURACY_OBJECTIVE, OBJECTIVES, Outcome, objective_names, tell, trial_outcome
@@ -216,12 +217,12 @@ class OptunaSweeperImpl:
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except BaseException as e:  # SystemExit (invalid config), KeyboardInterrupt: stop the study
-            tell(study, trial, Outcome("FAIL", None, False, {"status": "failed",
+            tell(study, trial, Outcome("FAIL", None, False, {"status": str(TrialStatus.FAILED),
                                                               "reason": f"interrupted: {one_line(e)}"}))
             raise
         max_drop = OmegaConf.select(ret.cfg, "fidelity.max_accuracy_drop") if ret.cfg is not None else None
         max_drop = 0.01 if max_drop is None else float(max_drop)
-        if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, dict):
+        if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, JobResult):
             return trial_outcome(ret._return_value, None, c.objective, c.multi_objective, max_drop)
         err = ret._return_value if isinstance(ret._return_value, BaseException) else None
         return trial_outcome(None, one_line(err) if err else "the job returned no result", c.objective,

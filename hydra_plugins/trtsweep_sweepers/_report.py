@@ -26,6 +26,7 @@ from optuna.visualization.matplotlib import (  # noqa: E402
     plot_optimization_history, plot_param_importances, plot_pareto_front)
 
 from trtsweep.errors import one_line  # noqa: E402
+from trtsweep.results import TrialStatus  # noqa: E402
 
 from ._outcome import METRIC_ATTRS, is_infeasible  # noqa: E402
 from ._space import params_text  # noqa: E402
@@ -124,7 +125,7 @@ def summary_lines(trials: Sequence[FrozenTrial], best: Optional[FrozenTrial], fr
                   study_name: str, objective: str, ran_here: int) -> List[str]:
     states: Dict[str, int] = {}
     for t in trials:
-        label = "infeasible" if is_infeasible(t) else t.state.name.lower()
+        label = TrialStatus.INFEASIBLE.value if is_infeasible(t) else t.state.name.lower()
         states[label] = states.get(label, 0) + 1
     cached = sum(1 for t in trials if t.user_attrs.get("cached"))
     lines = [f"optuna study {study_name}: {len(trials)} trial(s), {ran_here} run by this worker — "
@@ -134,7 +135,7 @@ def summary_lines(trials: Sequence[FrozenTrial], best: Optional[FrozenTrial], fr
              + (f", served from the result cache={cached}" if cached else "")]
     if best is None:
         lines.append("optuna best: no feasible trial yet (every completed trial violated the accuracy constraint)"
-                     if states.get("infeasible") else "optuna best: no completed trial")
+                     if states.get(TrialStatus.INFEASIBLE.value) else "optuna best: no completed trial")
     else:
         a = best.user_attrs
         metrics = ", ".join(f"{k}={a[k]:.4g}" for k in METRIC_ATTRS if k in a)

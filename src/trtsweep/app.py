@@ -20,6 +20,7 @@ from trtsweep.atomic import atomic_write_json, atomic_write_text
 from trtsweep.config import TrialSpec, plan_trial, tracking_config
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.identity import digest
+from trtsweep.results import MEASURED, JobResult, TrialStatus
 
 log = logging.getLogger("trtsweep")
 
@@ -238,7 +239,7 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 def _progress_line(index: int, total: int, spec: TrialSpec, result) -> str:
     m = result.metrics
-    if result.status in ("ok", "accuracy_violation") and "latency_p50_ms" in m:
+    if result.status in MEASURED and "latency_p50_ms" in m:
         acc = m.get("accuracy")
         outcome = (f"p50 {m['latency_p50_ms']:.3f} ms, {m['throughput_ips']:.1f} items/s "
                    f"(95% CI {m.get('throughput_ci_low', float('nan')):.1f}–{m.get('throughput_ci_high', float('nan')):.1f}), "
@@ -246,7 +247,7 @@ def _progress_line(index: int, total: int, spec: TrialSpec, result) -> str:
                    + (f", accuracy {acc:.3f}" if acc is not None else "")
                    + (f", UNSTABLE (spread {m.get('latency_cv', 0):.0%})" if result.unstable else "")
                    + (f" (cached, measured {_date(result.started_at)})" if result.cached else ""))
-        if result.status == "accuracy_violation":
+        if result.status == TrialStatus.ACCURACY_VIOLATION:
             outcome += f" — ACCURACY VIOLATION: {result.reason}"
     else:
         outcome = f"{result.status.upper()}: {result.reason}"
@@ -257,12 +258,11 @@ def _date(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "?"
 
 
-def run_job(cfg: Any) -> dict:
-    """The Hydra task function body: one trial. Returns a plain dict (sweepers read it)."""
+def run_job(cfg: Any) -> JobResult:
+    """The Hydra task function body: one trial; its sweeper reads the returned :class:`JobResult`."""
     from hydra.core.hydra_config import HydraConfig
 
     from trtsweep import runner
-    from trtsweep.report import row
 
     plain = job_config(cfg)
     hc = HydraConfig.get()
@@ -298,7 +298,7 @@ def run_job(cfg: Any) -> dict:
         index = total = 1
 
     result = runner.execute(spec)
-    if result.status == "failed" and result.traceback:
+    if result.status == TrialStatus.FAILED and result.traceback:
         tb_path = Path(hc.runtime.output_dir) / "traceback.txt"
         tb_path.parent.mkdir(parents=True, exist_ok=True)
         tb_path.write_text(result.traceback)
@@ -308,7 +308,7 @@ def run_job(cfg: Any) -> dict:
             if ctx.parent_run_id not in result.mlflow_run_ids or not result.cached:
                 run_id = ctx.tracker.log_trial(ctx.parent_run_id, result, spec, plain)
                 result.mlflow_run_ids[ctx.parent_run_id] = run_id
-                if result.status != "skipped":
+                if result.status != TrialStatus.SKIPPED:
                     runner.save_result(result, spec.cache_dir)
         except Exception as e:  # noqa: BLE001 - the result is safe in the cache and results.csv
             log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
@@ -318,10 +318,7 @@ def run_job(cfg: Any) -> dict:
     log.info(_progress_line(index, total, spec, result))
     if own_sweep:
         finish_sweep(ctx, print_summary=True)
-    r = row(result.to_dict())
-    return {"status": result.status, "trial_key": result.trial_key, "reason": result.reason,
-            "metrics": dict(result.metrics), "mlflow_run_id": result.mlflow_run_ids.get(ctx.parent_run_id or "", ""),
-            "row": r}
+    return JobResult.of(result, ctx.parent_run_id)
 
 
 __all__ = ["plan_sweep", "resolve_specs_models", "start_sweep", "finish_sweep", "run_job", "sweep_key", "fail"]

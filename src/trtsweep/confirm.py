@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trtsweep.measure import mean_ci
+from trtsweep.results import TrialStatus
 
 log = logging.getLogger("trtsweep")
 
@@ -62,7 +63,7 @@ def select(rows: Sequence[dict], top_k: int) -> list[dict]:
     """The candidates of one group: the best passing row and those whose throughput CI overlaps its
     own (the runner-up at least), stable ones first (an unstable row is a candidate only when no
     stable row passed).  Empty when fewer than two rows passed: there is nothing to rank."""
-    ok = [r for r in rows if r.get("status") == "ok" and _finite(r.get("throughput_ips"))]
+    ok = [r for r in rows if r.get("status") == TrialStatus.OK and _finite(r.get("throughput_ips"))]
     stable = [r for r in ok if not r.get("unstable")]
     pool = stable or ok
     if len(ok) < 2:

@@ -12,43 +12,16 @@ import logging
 import multiprocessing as mp
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec
 from trtsweep.engines.base import get_engine, make_params
+from trtsweep.results import MEASURED, TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
-
-DONE_STATUSES = ("ok", "accuracy_violation")
-
-
-@dataclass
-class TrialResult:
-    trial_key: str
-    status: str  # ok | skipped | failed | accuracy_violation
-    spec: dict
-    metrics: dict = field(default_factory=dict)
-    reason: str | None = None
-    report: dict = field(default_factory=dict)
-    host: dict = field(default_factory=dict)
-    artifact: str | None = None
-    traceback: str | None = None
-    started_at: float = 0.0
-    ended_at: float = 0.0
-    mlflow_run_ids: dict = field(default_factory=dict)  # parent run id -> child run id
-    cached: bool = False  # served from the result cache (then ``started_at`` is when it was measured)
-    unstable: bool = False  # repeat spread stayed above measure.max_cv after measure.max_repeats
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> "TrialResult":
-        known = {f for f in TrialResult.__dataclass_fields__}
-        return TrialResult(**{k: v for k, v in d.items() if k in known})
 
 
 class TrialFailure(Exception):
@@ -217,10 +190,10 @@ def execute(spec: TrialSpec) -> TrialResult:
     key = spec.trial_key()
     if spec.skip_reason:
         now = time.time()
-        return TrialResult(key, "skipped", spec.to_dict(), reason=spec.skip_reason, started_at=now, ended_at=now)
+        return TrialResult(key, TrialStatus.SKIPPED, spec.to_dict(), reason=spec.skip_reason, started_at=now, ended_at=now)
     if not spec.force:
         cached = load_cached(spec)
-        if cached is not None and cached.status in DONE_STATUSES:
+        if cached is not None and cached.status in MEASURED:
             cached.cached = True
             return cached
     started = time.time()
@@ -228,15 +201,15 @@ def execute(spec: TrialSpec) -> TrialResult:
     try:
         out = p.call("trial", {"spec": spec.to_dict()}, worker_env(spec), spec.trial.timeout_s, spec.trial.max_memory_mb)
     except TrialFailure as f:
-        result = TrialResult(key, "failed", spec.to_dict(), reason=f.reason, traceback=f.traceback,
+        result = TrialResult(key, TrialStatus.FAILED, spec.to_dict(), reason=f.reason, traceback=f.traceback,
                              started_at=started, ended_at=time.time())
     else:
-        result = TrialResult(key, "ok", spec.to_dict(), metrics=out["metrics"], report=out["report"], host=out["host"],
+        result = TrialResult(key, TrialStatus.OK, spec.to_dict(), metrics=out["metrics"], report=out["report"], host=out["host"],
                              artifact=out["artifact"], started_at=started, ended_at=time.time(),
                              unstable=bool(out.get("unstable", False)))
         drop = result.metrics.get("accuracy_drop")
         if drop is not None and drop > spec.fidelity.max_accuracy_drop:
-            result.status = "accuracy_violation"
+            result.status = TrialStatus.ACCURACY_VIOLATION
             result.reason = (f"accuracy_drop={drop:.4f} > fidelity.max_accuracy_drop={spec.fidelity.max_accuracy_drop}")
     finally:
         if not spec.trial.reuse_worker:

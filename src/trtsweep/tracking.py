@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
+from trtsweep.results import TrialStatus
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
-MLFLOW_STATUS = {"ok": "FINISHED", "accuracy_violation": "FINISHED", "skipped": "FINISHED", "failed": "FAILED"}
+MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED", TrialStatus.SKIPPED: "FINISHED",
+                 TrialStatus.FAILED: "FAILED"}
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -181,7 +183,7 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         ts = int((result.ended_at or time.time()) * 1000)
         params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
-        tags = {"status": result.status, "cached": str(result.cached).lower(), **(result.host or {}),
+        tags = {"status": str(result.status), "cached": str(result.cached).lower(), **(result.host or {}),
                 **(extra_tags or {})}
         if result.cached:
             tags["cached_measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.started_at))
@@ -221,7 +223,7 @@ class Tracker:
                 tb.write_text(result.traceback)
                 self.client.log_artifact(run_id, str(tb))
         art = Path(result.artifact) if result.artifact else None
-        if (self.cfg.log_models and art is not None and art.exists() and result.status != "failed"
+        if (self.cfg.log_models and art is not None and art.exists() and result.status != TrialStatus.FAILED
                 and spec.engine != "tf"):  # engine=tf: the artifact is the user's own SavedModel
             if art.is_dir():
                 self.client.log_artifacts(run_id, str(art), artifact_path="model")

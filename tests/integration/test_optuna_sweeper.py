@@ -23,6 +23,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from hydra_plugins.trtsweep_sweepers import _outcome, _report, _space, _study  # noqa: E402
+from trtsweep.results import JobResult, TrialStatus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout's trtsweep, not an installed one
@@ -162,9 +163,8 @@ def test_unknown_engine_parameter_is_rejected():
                                     {"tf": {"intra_op_threads"}, "tflite": {"num_threads"}}, None)
 
 
-def _result(status: str, **metrics) -> dict:
-    return {"status": status, "trial_key": "k", "reason": "why" if status != "ok" else None, "metrics": metrics,
-            "mlflow_run_id": "r1", "row": {"cached": True}}
+def _result(status: str, **metrics) -> JobResult:
+    return JobResult(TrialStatus(status), "k", "why" if status != "ok" else None, metrics, mlflow_run_id="r1", cached=True)
 
 
 def test_trial_outcomes_map_to_optuna_states():

@@ -14,6 +14,7 @@ from trtsweep import confirm, cores, measure as measure_mod
 from trtsweep.app import job_config
 from trtsweep.config import MeasureConfig, mlflow_params, plan_trial
 from trtsweep.errors import ConfigError
+from trtsweep.results import TrialResult
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 THREAD_PARAMS = {"tf": ("intra_op_threads", "inter_op_threads"), "tflite": ("num_threads",),
@@ -120,7 +121,7 @@ def test_library_version_change_invalidates_conversion_and_result(monkeypatch, t
 
     c = cfg("engine=onnx", f"cache_dir={tmp_path}")
     spec = plan_trial(c)
-    result = runner.TrialResult(spec.trial_key(), "ok", spec.to_dict(), metrics={"throughput_ips": 1.0})
+    result = TrialResult(spec.trial_key(), "ok", spec.to_dict(), metrics={"throughput_ips": 1.0})
     runner.save_result(result, spec.cache_dir)
     assert runner.load_cached(plan_trial(c)) is not None  # nothing changed: served
     real = config.library_versions
