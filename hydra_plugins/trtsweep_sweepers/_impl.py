@@ -19,10 +19,10 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from trtsweep import runner
-from trtsweep.app import ENV_OFFSET, SweepContext, fail, finish_sweep, plan_sweep, start_sweep, sweep_key
+from trtsweep.app import plan_sweep
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.results import JobResult, TrialStatus
+from trtsweep.session import ENV_OFFSET, SweepContext, fail, sweep_key, sweep_session
 from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import ACCURACY_OBJECTIVE, OBJECTIVES, Outcome, objective_names, tell, trial_outcome
@@ -43,6 +43,7 @@ class OptunaSweeperImpl:
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
         self._summary: List[str] = []
+        self._ran = 0  # trials this worker ran in this sweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -145,45 +146,43 @@ class OptunaSweeperImpl:
             plan = self._validate(space, fixed)
             study, storage = self._open_study(space, directions)
         except SearchSpaceError as e:
-            runner.pool().stop()
             fail(str(e))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         identity = absolute_sqlite_uri(c.storage)
         sampler = sampler_label(c.sampler)
         tags = {"sweeper": "optuna", "optuna.study": c.study_name, "optuna.storage": masked(identity),
                 "optuna.sampler": sampler, "optuna.objective": c.objective,
                 "optuna.space": " ".join(p.expr for p in space)[:4000]}
-        ctx = start_sweep(plan.configs[0], sweep_dir, sweep_key(c.study_name, [], identity),
-                          f"optuna: {c.study_name}"[:250], c.n_trials, plan.batch_sizes, tags)
-        log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name, masked(identity),
-                 sampler, " & ".join(directions), c.objective, " & accuracy_drop" if c.multi_objective else "",
-                 c.n_trials)
-        ran = 0
-        status = "KILLED"  # Ctrl-C or a crash of the sweep itself: marked as the grid sweeper marks it
+        self._ran = 0
+        session: Optional[SweepContext] = None
         try:
-            started = time.monotonic()
-            for local in range(c.n_trials):
-                if c.timeout is not None and time.monotonic() - started > c.timeout:
-                    log.info("optuna: timeout of %s s reached after %d trial(s)", c.timeout, ran)
-                    break
-                if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
-                    log.info("optuna: the grid is exhausted after %d trial(s)", ran)
-                    break
-                self._run_trial(study, storage, space, fixed, ctx, local)
-                ran += 1
-            status = "FINISHED"
+            with sweep_session(plan.configs[0], Path(self.config.hydra.sweep.dir), sweep_key(c.study_name, [], identity),
+                               f"optuna: {c.study_name}"[:250], c.n_trials, plan.batch_sizes, tags=tags,
+                               multirun_config=self.config) as session:
+                log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name,
+                         masked(identity), sampler, " & ".join(directions), c.objective,
+                         " & accuracy_drop" if c.multi_objective else "", c.n_trials)
+                try:
+                    self._run_trials(study, storage, space, fixed, session)
+                finally:  # interrupted too: the study's report, before the sweep's own results table
+                    self._finish(study, session)
         finally:
-            try:
-                self._finish(study, ctx, ran)
-            except Exception as e:  # noqa: BLE001 - the trials are safe in the study; still close the sweep
-                log.error("could not report the study: %s", one_line(e))
-                log.debug("study report error", exc_info=True)
-            df = finish_sweep(ctx, status=status)  # the same confirmation step as the grid's
-            self._summary.extend(confirmed_lines(df))
-            print("\n".join(self._summary), flush=True)
+            if session is not None:  # after the results table: the confirmed winner (only for a finished study)
+                print("\n".join(self._summary + confirmed_lines(session.table)), flush=True)
         return None
+
+    def _run_trials(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
+                    ctx: SweepContext) -> None:
+        c = self.conf
+        started = time.monotonic()
+        for local in range(c.n_trials):
+            if c.timeout is not None and time.monotonic() - started > c.timeout:
+                log.info("optuna: timeout of %s s reached after %d trial(s)", c.timeout, self._ran)
+                break
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                log.info("optuna: the grid is exhausted after %d trial(s)", self._ran)
+                break
+            self._run_trial(study, storage, space, fixed, ctx, local)
+            self._ran += 1
 
     def _run_trial(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
                    ctx: SweepContext, local: int) -> None:
@@ -238,11 +237,20 @@ class OptunaSweeperImpl:
             log.error("could not tag MLflow run %s: %s", run_id, one_line(e))
 
     # ---- end of sweep ----
-    def _finish(self, study: optuna.Study, ctx: SweepContext, ran: int) -> None:
+    def _finish(self, study: optuna.Study, ctx: SweepContext) -> None:
+        """The study's summary lines, files and MLflow entries; never raises (the trials are safe in the
+        study, and the sweep must still be closed)."""
+        try:
+            self._report(study, ctx)
+        except Exception as e:  # noqa: BLE001 - reported, and the sweep goes on to close
+            log.error("could not report the study: %s", one_line(e))
+            log.debug("study report error", exc_info=True)
+
+    def _report(self, study: optuna.Study, ctx: SweepContext) -> None:
         c = self.conf
         trials = study.get_trials(deepcopy=False)
         best, front = best_and_front(study)
-        self._summary = summary_lines(trials, best, front, c.study_name, c.objective, ran)
+        self._summary = summary_lines(trials, best, front, c.study_name, c.objective, self._ran)
         files, imps = write_report(study, ctx.sweep_dir)
         if imps:
             self._summary.append("optuna importance: " + ", ".join(f"{k}={v:.2f}" for k, v in imps.items()))
@@ -258,7 +266,7 @@ class OptunaSweeperImpl:
                                   pareto_run_ids=[t.user_attrs["mlflow_run_id"] for t in front
                                                   if t.user_attrs.get("mlflow_run_id")],
                                   importances=imps, files=files)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the study is safe in its storage
             log.error("could not log the study to MLflow: %s", one_line(e))
 
 

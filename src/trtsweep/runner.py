@@ -157,6 +157,12 @@ def pool() -> WorkerPool:
     return _POOL
 
 
+def stop_pool() -> None:
+    """Stop the trial worker, if one was started."""
+    if _POOL is not None:
+        _POOL.stop()
+
+
 # ---------------------------------------------------------------------------
 def _results_dir(cache_dir: str) -> Path:
     p = Path(cache_dir) / "results"
