@@ -24,12 +24,13 @@ import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 from trtsweep.errors import ConfigError
 from trtsweep.types import Batch, CalibrationData, ModelInfo
+from trtsweep.validation import typed
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8_dynamic")
 
@@ -201,32 +202,9 @@ def engine_param_names(name: str) -> set[str]:
 
 
 def make_params(engine: type[Engine], values: Mapping[str, Any]) -> Any:
-    """Build the engine's typed params from config values; unknown or mistyped keys fail clearly."""
-    values = {k: v for k, v in values.items() if k != "name"}
-    known = {f.name: f for f in dataclasses.fields(engine.Params)}
-    for k in values:
-        if k not in known:
-            raise ConfigError(
-                f"engine.{k} is not a parameter of engine={engine.name}; "
-                f"fix: use one of {', '.join(sorted(known)) or '(none)'}"
-            )
-    try:
-        params = engine.Params(**values)
-    except TypeError as e:  # pragma: no cover - dataclass signature mismatch
-        raise ConfigError(f"engine={engine.name}: {e}") from None
-    for f in dataclasses.fields(params):
-        _check_type(engine.name, f, getattr(params, f.name))
+    """The engine's typed params from config values (``engine.<name>``): unknown or mistyped keys fail
+    clearly (:func:`trtsweep.validation.typed`), then the engine's own checks (``Engine.validate``)."""
+    params = typed(engine.Params, {k: v for k, v in values.items() if k != "name"}, "engine",
+                   owner=f"engine={engine.name}")
     engine.validate(params)
     return params
-
-
-def _check_type(engine: str, f: dataclasses.Field, value: Any) -> None:
-    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    want: Callable[[Any], bool] | None = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-    }.get(typ)
-    if want is not None and not want(value):
-        raise ConfigError(f"engine.{f.name}={value!r} must be of type {typ} (engine={engine})")
