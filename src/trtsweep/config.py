@@ -327,10 +327,8 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
         data_fingerprint=data_fingerprint(data.path) if data.name == "file" and data.path else "",
     )
     reason = eng.unsupported(precision, params)
-    if reason is None and eng.needs_calibration(precision, params) and data.calibration_samples == 0:
-        raise ConfigError(
-            f"precision={precision} with engine={eng.name} needs calibration data; fix: data.calibration_samples=128"
-        )
+    if reason is None and eng.needs_calibration(precision, params):
+        eng.require_calibration(precision, data.calibration_samples)
     if reason is None:
         availability = eng.availability()
         if not availability.available:

@@ -27,10 +27,15 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def cpu_flags(info: dict[str, str]) -> set[str]:
+    """The CPU's feature flags from :func:`_cpuinfo` (``flags`` on x86, ``Features`` on ARM)."""
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
 @lru_cache(maxsize=1)
 def host_facts() -> dict[str, str]:
     info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    flags = cpu_flags(info)
     facts = {
         "host.cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "host.cpu_flags": ",".join(f for f in SIMD_FLAGS if f in flags) or "unknown",

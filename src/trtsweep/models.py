@@ -16,7 +16,7 @@ from trtsweep.atomic import build_once
 from trtsweep.config import DataConfig, ModelConfig, model_identity
 from trtsweep.data import digits_split, load
 from trtsweep.types import ModelInfo, TensorSpec
-from trtsweep.errors import ModelError
+from trtsweep.errors import ModelError, one_line
 from trtsweep.identity import digest, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:  # noqa: BLE001 - any load failure is the user's model
-        raise ModelError(f"model={name}: cannot load SavedModel at {path}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"model={name}: cannot load SavedModel at {path}: {one_line(e, with_type=False)}") from e
     sigs = getattr(loaded, "signatures", {})
     if key not in sigs:
         avail = ", ".join(sorted(sigs)) or "none"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from trtsweep.atomic import atomic_save_npy, atomic_write_json, build_once
+from trtsweep.cache import size_mb
 from trtsweep.identity import digest
 
 log = logging.getLogger("trtsweep.worker")
@@ -124,12 +125,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _size_mb(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_size / 2**20
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
 def _inject(fault: str | None) -> None:
@@ -237,7 +232,7 @@ def run_trial(payload: dict) -> dict:
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s,
-        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": _size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
+        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
         "eval_samples": float(ds.eval_count),
     }
     return {

@@ -21,14 +21,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
-from trtsweep.errors import ConfigError
+from trtsweep.errors import ConfigError, ModelError
 from trtsweep.types import Batch, CalibrationData, ModelInfo
 from trtsweep.validation import typed
 
@@ -42,6 +45,58 @@ class ConversionResult:
     calibrate_time_s: float = 0.0
     report: dict = field(default_factory=dict)  # engine-specific description (segments, ops left in TF...)
     metrics: dict = field(default_factory=dict)  # engine-specific metrics, e.g. trt_segments
+
+
+def require_calibration(engine: str, precision: str, calibration: CalibrationData | int | None) -> None:
+    """The one check that a conversion which needs calibration has samples: at planning time their
+    number (``data.calibration_samples``), in ``convert`` the data itself."""
+    count = calibration if isinstance(calibration, int) else len(calibration or ())
+    if count == 0:
+        raise ConfigError(f"precision={precision} with engine={engine} needs calibration data; "
+                          f"fix: data.calibration_samples=128")
+
+
+class CalibrationTimer:
+    """Seconds of calibration inside a conversion (reported apart from the conversion time), however the
+    converter runs it: around a block (``with timer:``), or from the first item a converter pulls from
+    a calibration generator (:meth:`wrap`) to its exhaustion, or to :meth:`stop` when the converter
+    keeps calibrating after the last pull."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def __enter__(self) -> CalibrationTimer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def wrap(self, generator_fn: Callable[[], Iterator[Any]], stop_when_exhausted: bool = True
+             ) -> Callable[[], Iterator[Any]]:
+        def timed() -> Iterator[Any]:
+            self.start()
+            try:
+                yield from generator_fn()
+            finally:
+                if stop_when_exhausted:
+                    self.stop()
+
+        return timed
+
+    def split(self, total_s: float) -> tuple[float, float]:
+        """(conversion, calibration) seconds of a conversion that took ``total_s`` in all."""
+        return max(total_s - self.seconds, 0.0), self.seconds
 
 
 class Runner(ABC):
@@ -161,6 +216,11 @@ class Engine(ABC):
         """Batch size of the calibration batches handed to ``convert`` (1: per-sample statistics)."""
         return 1
 
+    @classmethod
+    def require_calibration(cls, precision: str, calibration: CalibrationData | int | None) -> None:
+        """Planning: ``data.calibration_samples`` > 0; ``convert``: calibration data with batches."""
+        require_calibration(cls.name, precision, calibration)
+
     # ---- work (inside the trial worker) ----
     @abstractmethod
     def convert(
@@ -208,3 +268,37 @@ def make_params(engine: type[Engine], values: Mapping[str, Any]) -> Any:
                    owner=f"engine={engine.name}")
     engine.validate(params)
     return params
+
+
+# ---- helpers shared by engines ----
+
+def _normalize(name: str) -> str:
+    """'serving_default_input_1:0' and 'input_1' compare equal after this."""
+    name = name.split(":")[0]
+    name = re.sub(r"^serving_default_", "", name)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def match_names(wanted: Sequence[str], available: Sequence[str], kind: str) -> dict[str, str]:
+    """Map signature names to a converted model's names (ONNX graph, LiteRT interpreter): exact, then
+    normalized, then by position for the rest (in the order of ``available``)."""
+    mapping: dict[str, str] = {}
+    free = list(available)
+    for name in wanted:
+        if name in free:
+            mapping[name] = name
+            free.remove(name)
+    for name in [w for w in wanted if w not in mapping]:
+        hits = [a for a in free if _normalize(a) == _normalize(name)]
+        if len(hits) == 1:
+            mapping[name] = hits[0]
+            free.remove(hits[0])
+    rest = [w for w in wanted if w not in mapping]
+    if rest and len(rest) == len(free):
+        mapping.update(zip(rest, free))
+    elif rest:
+        raise ModelError(
+            f"cannot match signature {kind}s {rest} to the converted model's {kind}s {list(available)}; "
+            f"fix: check model.signature_key or re-export the SavedModel with named {kind}s"
+        )
+    return mapping

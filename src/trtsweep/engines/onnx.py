@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import re
 import tempfile
 import time
 from collections import Counter
@@ -23,7 +22,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import Availability, ConversionResult, Engine, Runner, param_stage
+from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, Runner, match_names,
+                                   param_stage)
 from trtsweep.errors import ConfigError, ModelError, TrtsweepError, one_line
 from trtsweep.types import Batch, CalibrationData, ModelInfo, TensorSpec
 
@@ -157,16 +157,15 @@ class OnnxEngine(Engine):
         import onnx
 
         t0 = time.perf_counter()
+        calibration_timer = CalibrationTimer()
         proto = _saved_model_to_onnx(model, self.params.opset)
-        calibrate_s = 0.0
         if precision == "fp32":
             onnx.save(proto, str(artifact))
         elif precision == "fp16":
             onnx.save(_to_fp16(proto), str(artifact))
         else:
-            calibrate_s, details = self._quantize(proto, precision, artifact, model, calibration)
-            report.update(details)
-        convert_s = time.perf_counter() - t0 - calibrate_s  # calibration is reported on its own
+            report.update(self._quantize(proto, precision, artifact, model, calibration, calibration_timer))
+        convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)  # calibration on its own
 
         final = onnx.load(str(artifact))
         report.update(describe_onnx(final))
@@ -184,8 +183,8 @@ class OnnxEngine(Engine):
         )
 
     def _quantize(self, proto: Any, precision: str, artifact: Path, model: ModelInfo,
-                  calibration: CalibrationData | None) -> tuple[float, dict]:
-        """int8 / int8_dynamic into ``artifact``; returns (calibration seconds, report entries)."""
+                  calibration: CalibrationData | None, timer: CalibrationTimer) -> dict:
+        """int8 / int8_dynamic into ``artifact``; returns the report entries."""
         import onnx
 
         with tempfile.TemporaryDirectory(dir=artifact.parent, prefix="tmp-") as tmp:
@@ -193,10 +192,12 @@ class OnnxEngine(Engine):
             onnx.save(proto, str(fp32_path))
             source, preprocess = _preprocess(fp32_path, Path(tmp) / "model_pre.onnx")
             if precision == "int8_dynamic":
-                return 0.0, {"preprocess": preprocess, **_quantize_dynamic(source, artifact, self.params)}
-            t0 = time.perf_counter()  # static: calibration runs inside quantize_static
-            details = _quantize_static(source, artifact, self.params, model, calibration)
-            return time.perf_counter() - t0, {"preprocess": preprocess, **details}
+                return {"preprocess": preprocess, **_quantize_dynamic(source, artifact, self.params)}
+            self.require_calibration(precision, calibration)
+            assert calibration is not None
+            with timer:  # static: calibration runs inside quantize_static
+                details = _quantize_static(source, artifact, self.params, model, calibration)
+            return {"preprocess": preprocess, **details}
 
     def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
         import onnxruntime as ort
@@ -400,11 +401,9 @@ def _quantize_dynamic(src: Path, dst: Path, params: OnnxParams) -> dict:
 
 
 def _quantize_static(src: Path, dst: Path, params: OnnxParams, model: ModelInfo,
-                     calibration: CalibrationData | None) -> dict:
+                     calibration: CalibrationData) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if calibration is None or len(calibration) == 0:
-        raise ConfigError("precision=int8 with engine=onnx needs calibration data; fix: data.calibration_samples=128")
     reader = _calibration_reader(src, model, calibration)
     quantize_static(
         str(src), str(dst), reader,
@@ -493,34 +492,3 @@ def _options_dict(params: OnnxParams) -> dict:
         "execution_mode": params.execution_mode,
         "provider": params.provider,
     }
-
-
-def _normalize(name: str) -> str:
-    """'serving_default_input_1:0' and 'input_1' compare equal after this."""
-    name = name.split(":")[0]
-    name = re.sub(r"^serving_default_", "", name)
-    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-
-
-def match_names(wanted: Sequence[str], available: Sequence[str], kind: str) -> dict[str, str]:
-    """Map signature names to ONNX names: exact, then normalized, then by position for the rest."""
-    mapping: dict[str, str] = {}
-    free = list(available)
-    for name in wanted:
-        if name in free:
-            mapping[name] = name
-            free.remove(name)
-    for name in [w for w in wanted if w not in mapping]:
-        hits = [a for a in free if _normalize(a) == _normalize(name)]
-        if len(hits) == 1:
-            mapping[name] = hits[0]
-            free.remove(hits[0])
-    rest = [w for w in wanted if w not in mapping]
-    if rest and len(rest) == len(free):
-        mapping.update(zip(rest, free))
-    elif rest:
-        raise ModelError(
-            f"cannot match signature {kind}s {rest} to ONNX {kind}s {list(available)}; "
-            f"fix: check model.signature_key or re-export the SavedModel with named {kind}s"
-        )
-    return mapping

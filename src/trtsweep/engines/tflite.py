@@ -19,8 +19,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import Availability, ConversionResult, Engine, Runner, param_stage
-from trtsweep.errors import ConfigError, TrtsweepError
+from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, Runner, match_names,
+                                   param_stage)
+from trtsweep.errors import ConfigError, TrtsweepError, one_line
 from trtsweep.types import CalibrationData, ModelInfo
 
 
@@ -76,9 +77,11 @@ class TFLiteRunner(Runner):
                 f"({self.report['converted_fraction']:.0%} of ops converted) and this LiteRT build has no Flex "
                 f"delegate to run them; fix: engine=tf or engine=onnx for this model, or a LiteRT build with Flex"
             )
-        details = {d["name"]: d for d in it.get_input_details()}
+        details = it.get_input_details()
+        if len(details) != len(model.inputs):
+            raise TrtsweepError(f"converted model has {len(details)} inputs, the signature {len(model.inputs)}")
         self._inputs = []
-        for spec, d in zip(model.inputs, _match_inputs(model, list(details.values()))):
+        for spec, d in zip(model.inputs, _match(model.inputs, details, "input")):
             shape = spec.concrete(batch_size)
             if tuple(d["shape"]) != shape:
                 it.resize_tensor_input(d["index"], list(shape), strict=False)
@@ -88,7 +91,8 @@ class TFLiteRunner(Runner):
         self._in_quant = {idx: in_details[idx].get("quantization", (0.0, 0)) for _, idx in self._inputs}
         self._in_dtype = {idx: in_details[idx]["dtype"] for _, idx in self._inputs}
         outs = it.get_output_details()
-        self._outputs = [(d["index"], d.get("quantization", (0.0, 0)), d["dtype"]) for d in _match_outputs(model, outs)]
+        self._outputs = [(d["index"], d.get("quantization", (0.0, 0)), d["dtype"])
+                         for d in _match(model.outputs, outs, "output")]
         self._set, self._invoke, self._get = it.set_tensor, it.invoke, it.get_tensor
         self.params = params
 
@@ -123,29 +127,14 @@ class TFLiteRunner(Runner):
                 "interpreter": "ai_edge_litert", **self.report}
 
 
-def _match_inputs(model: ModelInfo, details: list[dict]) -> list[dict]:
-    """Interpreter inputs in the order of ``model.inputs`` (by name where possible, else by order)."""
-    if len(details) != len(model.inputs):
-        raise TrtsweepError(f"converted model has {len(details)} inputs, the signature {len(model.inputs)}")
-    by_name = {}
-    for d in details:
-        for spec in model.inputs:
-            if spec.name in d["name"]:
-                by_name.setdefault(spec.name, d)
-    if len(by_name) == len(model.inputs):
-        return [by_name[s.name] for s in model.inputs]
-    return details
-
-
-def _match_outputs(model: ModelInfo, details: list[dict]) -> list[dict]:
-    by_name = {}
-    for d in details:
-        for spec in model.outputs:
-            if spec.name in d["name"]:
-                by_name.setdefault(spec.name, d)
-    if len(by_name) == len(model.outputs) == len(details):
-        return [by_name[s.name] for s in model.outputs]
-    return sorted(details, key=lambda d: d["name"])
+def _match(specs: list, details: list[dict], kind: str) -> list[dict]:
+    """The interpreter's inputs or outputs in the order of the signature's ``specs``: by name (LiteRT
+    names inputs ``serving_default_<name>:0``), else by position — inputs in the interpreter's order,
+    outputs (named ``StatefulPartitionedCall:<n>``) in name order, as the signature's are."""
+    by_name = {d["name"]: d for d in details}
+    available = list(by_name) if kind == "input" else sorted(by_name)
+    names = match_names([t.name for t in specs], available, kind)
+    return [by_name[names[t.name]] for t in specs]
 
 
 class TFLiteEngine(Engine):
@@ -184,25 +173,25 @@ class TFLiteEngine(Engine):
 
         conv = tf.lite.TFLiteConverter.from_saved_model(model.path, signature_keys=[model.signature_key])
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        span = [0.0]
+        calibration_timer = CalibrationTimer()
         if precision == "fp16":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.target_spec.supported_types = [tf.float16]
         elif precision == "int8_dynamic":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         elif precision == "int8":
-            if calibration is None or len(calibration) == 0:
-                raise ConfigError("precision=int8 needs calibration data; fix: data.calibration_samples=128")
+            self.require_calibration(precision, calibration)
+            assert calibration is not None
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             names = [s.name for s in model.inputs]
             batches = calibration.batches
 
-            def representative():  # calibration (and quantization) starts with the first sample pulled
-                span[0] = span[0] or time.perf_counter()
+            def representative():
                 for b in batches:
                     yield {n: b[n] for n in names}
 
-            conv.representative_dataset = representative
+            # calibration (and quantization) starts with the first sample pulled and ends with convert()
+            conv.representative_dataset = calibration_timer.wrap(representative, stop_when_exhausted=False)
             ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if self.params.int8_io:
                 conv.inference_input_type = tf.int8
@@ -213,17 +202,16 @@ class TFLiteEngine(Engine):
         t0 = time.perf_counter()
         try:
             flat = conv.convert()
-        except Exception as e:  # converter errors are long MLIR dumps: keep the gist
+        except Exception as e:  # noqa: BLE001 - converter errors are long MLIR dumps: keep the gist
             raise TrtsweepError(f"TFLite conversion failed: {_converter_gist(e)}") from e
-        t_end = time.perf_counter()
-        total = t_end - t0
-        calibrate_s = t_end - span[0] if span[0] else 0.0
+        calibration_timer.stop()
+        convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)
         path = out_dir / "model.tflite"
         path.write_bytes(flat)
         it = _interpreter_cls()(model_content=flat)
         report = ops_report(it)
         report["precision"] = precision
-        return ConversionResult(artifact=str(path), convert_time_s=total - calibrate_s, calibrate_time_s=calibrate_s,
+        return ConversionResult(artifact=str(path), convert_time_s=convert_s, calibrate_time_s=calibrate_s,
                                 report=report, metrics={"converted_fraction": report["converted_fraction"]})
 
     def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
@@ -235,7 +223,7 @@ def _converter_gist(e: Exception) -> str:
     for line in text.splitlines():
         if "error:" in line and ("op" in line or "not supported" in line):
             return line.split("error:", 1)[1].strip()[:300]
-    return (text.splitlines() or [type(e).__name__])[0][:300]
+    return one_line(e, 300, with_type=False)
 
 
 ENGINE = TFLiteEngine

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import Availability, ConversionResult, Engine, Runner
+from trtsweep.engines.base import Availability, CalibrationTimer, ConversionResult, Engine, Runner
 from trtsweep.engines.tftrt._api import (
     API_BUILD,
     API_CONVERT,
@@ -49,7 +49,6 @@ from trtsweep.engines.tftrt._diagnostics import BUILD_LOG, _capture_native_log, 
 from trtsweep.engines.tftrt._graph_report import conversion_report
 from trtsweep.engines.tftrt._inputs import (
     _np_dtype,
-    _SpanTimer,
     build_batch_sizes,
     build_input_fn,
     calibration_input_fn,
@@ -287,11 +286,11 @@ class TFTRTEngine(Engine):
         shapes = build_batch_sizes(params, timed)
         calls = trt_call_kwargs(params, precision, model.path, model.signature_key, str(out_dir / SAVED_MODEL_DIR))
         check_installed_api(calls)
-        calib_timer = _SpanTimer()
+        calibration_timer = CalibrationTimer()  # from the first calibration batch pulled to the last
         if self.needs_calibration(precision, params):
-            if calibration is None or len(calibration) == 0:
-                raise ConfigError("precision=int8 with engine=tftrt needs calibration data; fix: data.calibration_samples=128")
-            calls[API_CONVERT]["calibration_input_fn"] = calib_timer.wrap(calibration_input_fn(calibration, model))
+            self.require_calibration(precision, calibration)
+            assert calibration is not None
+            calls[API_CONVERT]["calibration_input_fn"] = calibration_timer.wrap(calibration_input_fn(calibration, model))
         calls[API_BUILD]["input_fn"] = build_input_fn(model, shapes)
 
         from tensorflow.python.compiler.tensorrt import trt_convert
@@ -305,7 +304,7 @@ class TFTRTEngine(Engine):
             if params.build_engines:
                 converter.build(**calls[API_BUILD])
             converter.save(**calls[API_SAVE])
-        total_s = time.perf_counter() - t0
+        convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)
 
         report = conversion_report(converted.graph.as_graph_def(), params=params, timed_batch_sizes=timed)
         report["warnings"] += log_warnings(log_path.read_text(errors="replace") if log_path.exists() else "")
@@ -321,8 +320,8 @@ class TFTRTEngine(Engine):
         report["warnings"] += avail.details.get("warnings", [])
         return ConversionResult(
             artifact=str(out_dir / SAVED_MODEL_DIR),
-            convert_time_s=max(total_s - calib_timer.seconds, 0.0),
-            calibrate_time_s=calib_timer.seconds,
+            convert_time_s=convert_s,
+            calibrate_time_s=calibrate_s,
             report=report,
             metrics={"trt_segments": report["trt_segments"], "trt_converted_fraction": report["trt_converted_fraction"]},
         )
