@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
-from trtsweep.results import TrialStatus
+from trtsweep.results import TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,7 @@ class Tracker:
             self.client.log_artifact(parent_id, str(best_yaml))
 
     # ---- child ----
-    def log_trial(self, parent_id: str, result, spec: TrialSpec, resolved_cfg: dict | None = None,
-                  extra_tags: dict[str, Any] | None = None) -> str:
+    def log_trial(self, parent_id: str, result: TrialResult, spec: TrialSpec, resolved_cfg: dict | None = None) -> str:
         """Create (or update, if this trial already has a run under this parent) the trial's child run."""
         from mlflow.entities import Metric, Param, RunTag
 
@@ -183,8 +182,7 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         ts = int((result.ended_at or time.time()) * 1000)
         params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
-        tags = {"status": str(result.status), "cached": str(result.cached).lower(), **(result.host or {}),
-                **(extra_tags or {})}
+        tags = {"status": str(result.status), "cached": str(result.cached).lower(), **(result.host or {})}
         if result.cached:
             tags["cached_measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.started_at))
         if result.unstable:

@@ -87,7 +87,7 @@ def _dataset(spec, model):
 def _reference(spec, model, ds) -> np.ndarray:
     """Native TF FP32 first output over the evaluation set (memory + disk cache)."""
     from trtsweep.data import batches
-    from trtsweep.engines.tf import TFRunner
+    from trtsweep.engines.tf import TFModel
 
     k = digest([model.fingerprint, model.signature_key, spec.data.__dict__, spec.data_fingerprint,
                 spec.versions.get("tensorflow")])  # the reference is TF's own output: its version matters
@@ -97,9 +97,9 @@ def _reference(spec, model, ds) -> np.ndarray:
     if path.exists():
         _refs[k] = np.load(path)
         return _refs[k]
-    runner = TFRunner(model, jit_compile=False)
+    loaded = TFModel(model, jit_compile=False)
     bs = 32 if model.inputs[0].shape[0] is None else int(model.inputs[0].shape[0])
-    outs = [runner.run(runner.prepare(b))[0] for b in batches(ds.evaluation, bs)]
+    outs = [loaded.run(loaded.prepare(b))[0] for b in batches(ds.evaluation, bs)]
     ref = np.concatenate(outs)[: ds.eval_count]
     atomic_save_npy(path, ref)
     _refs[k] = ref
@@ -172,7 +172,7 @@ def _artifact_path(target: Path, meta: dict) -> Path:
     return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"])
 
 
-def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) -> dict:
+def _fidelity(spec, conversion_key: str, loaded, eval_batches, ds, reference) -> dict:
     """Outputs on the evaluation set vs TF FP32, once per converted artifact and output-relevant settings:
     the batch size and thread counts do not change what a model computes, so their sweeps reuse it."""
     from trtsweep.fidelity import compare
@@ -182,7 +182,7 @@ def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) ->
     cache = Path(spec.cache_dir) / "artifacts" / spec.engine / conversion_key / f"fidelity-{key}.json"
     if cache.exists() and not spec.force:
         return json.loads(cache.read_text())
-    outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
+    outs = [loaded.to_float(loaded.run(loaded.prepare(b)))[0] for b in eval_batches]
     out = np.concatenate(outs)[: ds.eval_count]
     result = compare(out, reference, ds.labels)
     if cache.parent.is_dir():
@@ -213,21 +213,21 @@ def run_trial(payload: dict) -> dict:
 
     artifact, conv = convert_cached(spec, engine, model, ds)
     t0 = time.perf_counter()
-    runner = engine.load(artifact, model, spec.precision, spec.batch_size)
+    loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
     load_s = time.perf_counter() - t0
     try:
         eval_batches = batches(ds.evaluation, spec.batch_size)
-        prepared = runner.prepare(eval_batches[0])
+        prepared = loaded.prepare(eval_batches[0])
         log.info("measuring %s (warm-up %d, ≥%d iters and ≥%.1fs, ×%d, up to ×%d while the spread is > %.0f%%)",
                  spec.label(), spec.measure.warmup_iters, spec.measure.min_iters, spec.measure.min_time_s,
                  spec.measure.repeats, spec.measure.max_repeats, 100 * spec.measure.max_cv)
         t_measure = time.perf_counter()
-        m = measure(runner.run, prepared, spec.batch_size, spec.measure)
+        m = measure(loaded.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
-        fidelity = _fidelity(spec, conv["conversion_key"], runner, eval_batches, ds, reference)
-        describe = runner.describe()
+        fidelity = _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
+        describe = loaded.describe()
     finally:
-        runner.close()
+        loaded.close()
     metrics = {
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
@@ -273,8 +273,8 @@ def confirm_load(payload: dict) -> bool:
 
     spec = TrialSpec.from_dict(payload["spec"])
     cores.pin(spec.core_set)
-    runner, ds = _load_for(spec)
-    _loaded[payload["key"]] = (spec, runner, runner.prepare(batches(ds.evaluation, spec.batch_size)[0]))
+    loaded, ds = _load_for(spec)
+    _loaded[payload["key"]] = (spec, loaded, loaded.prepare(batches(ds.evaluation, spec.batch_size)[0]))
     return True
 
 
@@ -283,17 +283,17 @@ def confirm_run(payload: dict) -> float:
     from trtsweep import cores
     from trtsweep.measure import timed_repeat, trimmed_mean
 
-    spec, runner, prepared = _loaded[payload["key"]]
+    spec, loaded, prepared = _loaded[payload["key"]]
     cores.pin(spec.core_set)
     m = spec.measure
     for _ in range(m.warmup_iters):
-        runner.run(prepared)
-    lat = timed_repeat(runner.run, prepared, m.min_iters, m.min_time_s)
+        loaded.run(prepared)
+    lat = timed_repeat(loaded.run, prepared, m.min_iters, m.min_time_s)
     return spec.batch_size / (trimmed_mean(lat, m.trim) / 1000.0)
 
 
 def confirm_close(_: Any = None) -> bool:
-    for _spec, runner, _prepared in _loaded.values():
-        runner.close()
+    for _spec, loaded, _prepared in _loaded.values():
+        loaded.close()
     _loaded.clear()
     return True

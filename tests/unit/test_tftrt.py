@@ -24,7 +24,7 @@ from trtsweep.engines.tftrt import (
     PROFILE_STRATEGIES,
     TFTRTEngine,
     TFTRTParams,
-    TFTRTRunner,
+    TFTRTModel,
     _resolve_saved_model,
     implicit_batch_reason,
 )
@@ -686,29 +686,29 @@ def test_native_log_capture_records_fd2_and_restores_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# runner (TF-TRT saves a plain SavedModel; the runner code is the same with or without TRTEngineOps)
+# loaded model (TF-TRT saves a plain SavedModel; the loading code is the same with or without TRTEngineOps)
 
 
-def test_runner_returns_host_outputs_in_the_models_declared_order(unconvertible, tmp_path):
+def test_loaded_model_returns_host_outputs_in_the_models_declared_order(unconvertible, tmp_path):
     assert _resolve_saved_model(Path(unconvertible.path)) == Path(unconvertible.path)
     with pytest.raises(ModelError, match="no TF-TRT SavedModel"):
         _resolve_saved_model(tmp_path)
-    runner = TFTRTRunner(Path(unconvertible.path), unconvertible, batch_size=2)
+    loaded = TFTRTModel(Path(unconvertible.path), unconvertible, batch_size=2)
     x = np.array([[1, 2, 3, 4], [0.5, 1, 1.5, 2]], np.float32)
-    prepared = runner.prepare({"x": x.astype(np.float64)})  # cast to the signature dtype outside timing
+    prepared = loaded.prepare({"x": x.astype(np.float64)})  # cast to the signature dtype outside timing
     assert prepared["x"].dtype == tf.float32
-    n, y = runner.run(prepared)  # model.outputs order: n, then y
+    n, y = loaded.run(prepared)  # model.outputs order: n, then y
     assert isinstance(n, np.ndarray) and n.dtype == np.int32 and n.shape == (2, 4)
     np.testing.assert_allclose(y, tf.math.lgamma(np.abs(x) + 1).numpy(), rtol=1e-6)
-    described = runner.describe()
+    described = loaded.describe()
     assert described["trt_segments"] == 0 and described["trt_converted_fraction"] == 0.0
     assert "Lgamma" in described["ops_in_tf"] and described["batch_size"] == 2
 
 
-def test_runner_rejects_a_missing_signature(unconvertible):
+def test_loaded_model_rejects_a_missing_signature(unconvertible):
     wrong = dataclasses.replace(unconvertible, signature_key="predict")
     with pytest.raises(ModelError, match="no signature 'predict'"):
-        TFTRTRunner(Path(unconvertible.path), wrong, batch_size=1)
+        TFTRTModel(Path(unconvertible.path), wrong, batch_size=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -770,8 +770,8 @@ def test_real_conversion_load_and_run(tiny_convnet, tmp_path, precision, toleran
     assert not any("no TensorRT segment" in w for w in result.report["warnings"])
 
     batch = _calibration(tiny_convnet, batches=1, batch_size=4, seed=1).batches[0]
-    runner = eng.load(Path(result.artifact), tiny_convnet, precision, 4)
-    (out,) = runner.run(runner.prepare(batch))
+    loaded = eng.load(Path(result.artifact), tiny_convnet, precision, 4)
+    (out,) = loaded.run(loaded.prepare(batch))
     ref = _native(tiny_convnet, batch)
     assert out.shape == ref.shape == (4, 10)
     if tolerance is not None:
@@ -779,7 +779,7 @@ def test_real_conversion_load_and_run(tiny_convnet, tmp_path, precision, toleran
     else:  # int8: close in direction, not in every digit
         cos = float(np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref)))
         assert cos > 0.95, cos
-    described = runner.describe()
+    described = loaded.describe()
     assert described["trt_segments"] >= 1 and described["device"].endswith("GPU:0")
     assert described["gpu"].get("gpu_name")
 
@@ -791,7 +791,7 @@ def test_real_conversion_with_dynamic_shapes_runs_every_built_batch_size(tiny_co
     result = eng.convert(tiny_convnet, "fp16", None, tmp_path / "out", batch_sizes=(1, 2, 8))
     assert result.metrics["trt_segments"] >= 1, result.report
     for bs in (1, 2, 8):
-        runner = eng.load(Path(result.artifact), tiny_convnet, "fp16", bs)
+        loaded = eng.load(Path(result.artifact), tiny_convnet, "fp16", bs)
         batch = _calibration(tiny_convnet, batches=1, batch_size=bs, seed=bs).batches[0]
-        (out,) = runner.run(runner.prepare(batch))
+        (out,) = loaded.run(loaded.prepare(batch))
         np.testing.assert_allclose(out, _native(tiny_convnet, batch), atol=5e-2, rtol=5e-2)

@@ -11,9 +11,9 @@ Lifecycle inside a trial worker::
     reason = Engine.unsupported(precision, params)   # None, or why the plan skips it
     eng = Engine(params)
     result = eng.convert(model, precision, calib, out_dir)   # artifact on disk + report
-    runner = eng.load(result.artifact, model, precision, batch_size)  # fully built here
-    prepared = runner.prepare(inputs)          # outside the timed loop
-    outputs = runner.run(prepared)             # the only thing inside the timed loop
+    loaded = eng.load(result.artifact, model, precision, batch_size)  # a LoadedModel, fully built here
+    prepared = loaded.prepare(inputs)          # outside the timed loop
+    outputs = loaded.run(prepared)             # the only thing inside the timed loop
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class CalibrationTimer:
         return max(total_s - self.seconds, 0.0), self.seconds
 
 
-class Runner(ABC):
+class LoadedModel(ABC):
     """A loaded, fully built model at a fixed batch size."""
 
     @abstractmethod
@@ -166,7 +166,7 @@ class Engine(ABC):
         """Raise ConfigError naming the field and the fix for an invalid value."""
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
+    def unsupported(cls, precision: str, params: Any) -> str | None:
         """Why this combination cannot run (the plan skips it), or None."""
         if precision not in cls.precisions:
             return (
@@ -234,7 +234,7 @@ class Engine(ABC):
         """Convert ``model`` into ``out_dir`` (a fresh, empty directory)."""
 
     @abstractmethod
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         """Load and fully build the converted model for ``batch_size``."""
 
 

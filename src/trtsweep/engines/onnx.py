@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, Runner, match_names,
+from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, LoadedModel, match_names,
                                    param_stage)
 from trtsweep.errors import ConfigError, ModelError, TrtsweepError, one_line
 from trtsweep.types import Batch, CalibrationData, ModelInfo, TensorSpec
@@ -124,8 +124,8 @@ class OnnxEngine(Engine):
         _check_choice("provider", params.provider, EXECUTION_PROVIDERS)
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
-        reason = super().unsupported(precision, params, model)
+    def unsupported(cls, precision: str, params: Any) -> str | None:
+        reason = super().unsupported(precision, params)
         if reason is not None or params is None or params.provider == "cpu":
             return reason
         avail = _availability()
@@ -146,7 +146,7 @@ class OnnxEngine(Engine):
         out_dir: Path,
         batch_sizes: Iterable[int] = (1,),
     ) -> ConversionResult:
-        reason = self.unsupported(precision, self.params, model)
+        reason = self.unsupported(precision, self.params)
         if reason is not None:
             raise ConfigError(reason)
         out_dir = Path(out_dir)
@@ -199,7 +199,7 @@ class OnnxEngine(Engine):
                 details = _quantize_static(source, artifact, self.params, model, calibration)
             return {"preprocess": preprocess, **details}
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         import onnxruntime as ort
 
         path = _artifact_file(Path(artifact))
@@ -208,15 +208,15 @@ class OnnxEngine(Engine):
         if providers[0] != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # ORT assigns ops the provider lacks to CPU
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        return OnnxRunner(session, model, batch_size, _options_dict(self.params))
+        return OnnxModel(session, model, batch_size, _options_dict(self.params))
 
 
 ENGINE = OnnxEngine
 
 
 # ---------------------------------------------------------------------------
-# runner
-class OnnxRunner(Runner):
+# loaded model
+class OnnxModel(LoadedModel):
     """An ``InferenceSession`` plus the name/dtype mapping between the signature and the ONNX graph."""
 
     def __init__(self, session: Any, model: ModelInfo, batch_size: int, options: dict):

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import ConversionResult, Engine, Runner, param_stage
+from trtsweep.engines.base import ConversionResult, Engine, LoadedModel, param_stage
 from trtsweep.errors import ConfigError
 from trtsweep.types import CalibrationData, ModelInfo
 
@@ -22,7 +22,7 @@ class TFParams:
     inter_op_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 = follow `threads`
 
 
-class TFRunner(Runner):
+class TFModel(LoadedModel):
     def __init__(self, model: ModelInfo, jit_compile: bool):
         import tensorflow as tf
 
@@ -58,7 +58,7 @@ class TFEngine(Engine):
                 raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = follow `threads`); fix: engine.{f}=0")
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
+    def unsupported(cls, precision: str, params: Any) -> str | None:
         if precision != "fp32":
             return (f"engine=tf runs the SavedModel as it is (fp32); precision={precision} needs a converting "
                     f"engine (tflite, onnx, tftrt)")
@@ -81,8 +81,8 @@ class TFEngine(Engine):
                                 report={"converted": "native TensorFlow, no conversion"},
                                 metrics={"converted_fraction": 1.0})
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
-        return TFRunner(model, self.params.jit_compile)
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
+        return TFModel(model, self.params.jit_compile)
 
 
 ENGINE = TFEngine

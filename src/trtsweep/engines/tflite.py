@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, Runner, match_names,
+from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, LoadedModel, match_names,
                                    param_stage)
 from trtsweep.errors import ConfigError, TrtsweepError, one_line
 from trtsweep.types import CalibrationData, ModelInfo
@@ -57,7 +57,7 @@ def ops_report(interpreter) -> dict:
     }
 
 
-class TFLiteRunner(Runner):
+class TFLiteModel(LoadedModel):
     def __init__(self, path: Path, model: ModelInfo, batch_size: int, params: TFLiteParams):
         Interpreter = _interpreter_cls()
         if params.num_threads <= 0:  # not resolved by the plan (a direct caller): the core budget
@@ -161,8 +161,8 @@ class TFLiteEngine(Engine):
                               f"fix: engine.num_threads=1")
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
-        reason = super().unsupported(precision, params, model)
+    def unsupported(cls, precision: str, params: Any) -> str | None:
+        reason = super().unsupported(precision, params)
         if reason is None and params.int8_io and precision != "int8":
             return f"engine.int8_io=true only applies to precision=int8 (full integer), not {precision}"
         return reason
@@ -214,8 +214,8 @@ class TFLiteEngine(Engine):
         return ConversionResult(artifact=str(path), convert_time_s=convert_s, calibrate_time_s=calibrate_s,
                                 report=report, metrics={"converted_fraction": report["converted_fraction"]})
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
-        return TFLiteRunner(Path(artifact), model, batch_size, self.params)
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
+        return TFLiteModel(Path(artifact), model, batch_size, self.params)
 
 
 def _converter_gist(e: Exception) -> str:

@@ -14,7 +14,7 @@ where there is no NVIDIA driver; elsewhere it probes TensorFlow in a child proce
 has imported it already), so planning a sweep stays TF-free and a TensorRT library that crashes when
 loaded cannot take the planner down with it.
 
-This package holds the parameters, the runner and the engine; the private modules hold one idea each
+This package holds the parameters, the loaded model and the engine; the private modules hold one idea each
 and never import this package at run time:
 
 - ``_api``: the keyword arguments of each TF-TRT call, checked against the installed signatures;
@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import Availability, CalibrationTimer, ConversionResult, Engine, Runner
+from trtsweep.engines.base import Availability, CalibrationTimer, ConversionResult, Engine, LoadedModel
 from trtsweep.engines.tftrt._api import (
     API_BUILD,
     API_CONVERT,
@@ -168,10 +168,10 @@ def _resolve_saved_model(artifact: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# runner and engine
+# loaded model and engine
 
 
-class TFTRTRunner(Runner):
+class TFTRTModel(LoadedModel):
     """The converted SavedModel's signature at one batch size; engines deserialized in ``__init__``."""
 
     def __init__(self, saved_model_dir: Path, model: ModelInfo, batch_size: int):
@@ -245,8 +245,8 @@ class TFTRTEngine(Engine):
         validate_params(params)
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
-        reason = super().unsupported(precision, params, model)
+    def unsupported(cls, precision: str, params: Any) -> str | None:
+        reason = super().unsupported(precision, params)
         if reason is not None or params is None:
             return reason
         if precision == "int8" and not params.use_calibration:
@@ -326,17 +326,17 @@ class TFTRTEngine(Engine):
             metrics={"trt_segments": report["trt_segments"], "trt_converted_fraction": report["trt_converted_fraction"]},
         )
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         _require_available()
         _allow_gpu_memory_growth()
         with _hinted_errors():
-            return TFTRTRunner(_resolve_saved_model(Path(artifact)), model, batch_size)
+            return TFTRTModel(_resolve_saved_model(Path(artifact)), model, batch_size)
 
 
 ENGINE = TFTRTEngine
 
 __all__ = [
-    "ENGINE", "TFTRTEngine", "TFTRTParams", "TFTRTRunner", "FIELD_TO_API", "PROFILE_STRATEGIES",
+    "ENGINE", "TFTRTEngine", "TFTRTParams", "TFTRTModel", "FIELD_TO_API", "PROFILE_STRATEGIES",
     "availability_from_probe", "build_batch_sizes", "build_input_fn", "calibration_input_fn",
     "check_installed_api", "conversion_report", "implicit_batch_reason", "input_order", "log_warnings",
     "probe_tensorflow",
