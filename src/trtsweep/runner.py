@@ -19,6 +19,7 @@ from typing import Any
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec
 from trtsweep.engines.base import get_engine, make_params
+from trtsweep.faults import fault_for
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ def execute(spec: TrialSpec) -> TrialResult:
     if spec.skip_reason:
         now = time.time()
         return TrialResult(key, TrialStatus.SKIPPED, spec.to_dict(), reason=spec.skip_reason, started_at=now, ended_at=now)
-    if not spec.force:
+    fault = fault_for(spec.to_dict())  # tests only: never served from the cache
+    if not spec.force and fault is None:
         cached = load_cached(spec)
         if cached is not None and cached.status in MEASURED:
             cached.cached = True
@@ -205,7 +207,8 @@ def execute(spec: TrialSpec) -> TrialResult:
     started = time.time()
     p = pool()
     try:
-        out = p.call("trial", {"spec": spec.to_dict()}, worker_env(spec), spec.trial.timeout_s, spec.trial.max_memory_mb)
+        out = p.call("trial", {"spec": spec.to_dict(), "fault": fault}, worker_env(spec), spec.trial.timeout_s,
+                     spec.trial.max_memory_mb)
     except TrialFailure as f:
         result = TrialResult(key, TrialStatus.FAILED, spec.to_dict(), reason=f.reason, traceback=f.traceback,
                              started_at=started, ended_at=time.time())

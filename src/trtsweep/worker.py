@@ -21,6 +21,7 @@ import numpy as np
 
 from trtsweep.atomic import atomic_save_npy, atomic_write_json, build_once
 from trtsweep.cache import size_mb
+from trtsweep.faults import inject
 from trtsweep.identity import digest
 
 log = logging.getLogger("trtsweep.worker")
@@ -127,19 +128,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _inject(fault: str | None) -> None:
-    if fault == "crash":
-        os.abort()
-    if fault == "hang":
-        time.sleep(10**6)
-    if fault == "raise":
-        raise RuntimeError("injected failure (trial.fault=raise)")
-    if fault == "oom":
-        hog = []
-        while True:
-            hog.append(np.ones(64 * 2**20, np.uint8))
-
-
 def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
     """Convert once per conversion key; later trials (other batch sizes, threads) reuse the artifact."""
     from trtsweep.calibration import calibration_data
@@ -204,7 +192,7 @@ def run_trial(payload: dict) -> dict:
     pinned = cores.pin(spec.core_set)  # the trial's core budget, for every thread this worker has
     _reset_peak_rss()
     t_start = time.time()
-    _inject(spec.trial.fault)
+    inject(payload.get("fault"))  # tests only (trtsweep.faults)
     model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
     ds = _dataset(spec, model)
     reference = _reference(spec, model, ds)

@@ -57,7 +57,8 @@ def test_unsupported_combination_is_a_skip_not_an_error():
     ("measure.repeats=0", "measure.repeats=0"),
     ("measure.trim=0.7", "measure.trim=0.7"),
     ("fidelity.max_accuracy_drop=2", "fidelity.max_accuracy_drop=2"),
-    ("trial.fault=explode", "trial.fault=explode"),
+    ("trial.timeout_s=0", "trial.timeout_s=0"),
+    ("+trial.fault=crash", "trial.fault is not a known setting"),  # test-only faults: TRTSWEEP_TEST_FAULT
     ("engine.num_threads=-2", "engine.num_threads=-2"),  # 0 (or -1) means "follow threads"
     ("threads=0", "threads=0"),
     ("measure.max_repeats=1", "measure.max_repeats=1"),
