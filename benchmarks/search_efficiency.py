@@ -232,7 +232,8 @@ def print_table(grid: Grid, table: List[Dict[str, Any]], seeds: int) -> bool:
         print(f"{row['sampler']:8} " + " ".join(f"{c:>32}" for c in cells))
     print("the same, counting distinct configurations measured instead of trials (a repeat comes from the cache):")
     for row in table:
-        print(f"{row['sampler']:8} " + " ".join(f"{'after ' + str(int(f * 100)) + '%: ':>14}{row[f'measured {int(f * 100)}%']:6.1%}"
+        print(f"{row['sampler']:8} " + " ".join(f"{'after ' + str(int(f * 100)) + '%: ':>14}"
+                                              f"{row[f'measured {int(f * 100)}%']:6.1%}"
                                               for f in FRACTIONS))
     tpe = next(r for r in table if r["sampler"] == "tpe")
     ok = tpe["30%"] >= TARGET

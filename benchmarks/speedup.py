@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, host_line, run_sweep  # noqa: E402
+from _common import ROOT, host_line, run_sweep
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -64,7 +64,8 @@ def hand_tuned(records: list[dict], thread_counts: list[int], x: np.ndarray) -> 
             name = list(sig.structured_input_signature[1])[0]
             xt = tf.constant(x)
             rows.append({"engine": "tf", "precision": "fp32", "threads": "all", "passed": passed,
-                         "ms": bare_ms(lambda: [v.numpy() for v in sig(**{name: xt}).values()])})
+                         "ms": bare_ms(lambda sig=sig, name=name, xt=xt:
+                                       [v.numpy() for v in sig(**{name: xt}).values()])})
             continue
         for t in thread_counts:
             if spec["engine"] == "tflite":

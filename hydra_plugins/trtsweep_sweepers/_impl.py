@@ -25,10 +25,20 @@ from trtsweep.results import JobResult, TrialStatus
 from trtsweep.session import ENV_OFFSET, SweepContext, fail, sweep_key, sweep_session
 from trtsweep.tracking import absolute_sqlite_uri
 
-from ._outcome import ACCURACY_OBJECTIVE, OBJECTIVES, Outcome, objective_names, tell, trial_outcome
+from ._outcome import OBJECTIVES, Outcome, objective_names, tell, trial_outcome
 from ._report import best_and_front, summary_lines, write_report
-from ._space import (SearchParam, SearchSpaceError, attach_engine_conditions, encode_value, overrides_for,
-                     params_text, parse_overrides, representative_assignments, split_space, suggest)
+from ._space import (
+    SearchParam,
+    SearchSpaceError,
+    attach_engine_conditions,
+    encode_value,
+    overrides_for,
+    params_text,
+    parse_overrides,
+    representative_assignments,
+    split_space,
+    suggest,
+)
 from ._study import Heartbeat, fail_stale_trials, make_sampler, masked, open_storage, open_study, sampler_label
 
 log = logging.getLogger(__name__)
@@ -108,7 +118,7 @@ class OptunaSweeperImpl:
         attach_engine_conditions(space, keys, fixed_engine)
         assignments = representative_assignments(space)
         configs = [self._compose(overrides_for(space, a, fixed), params_text(a)) for a in assignments]
-        for values, cfg in zip(assignments, configs):
+        for values, cfg in zip(assignments, configs, strict=True):
             try:
                 plan_sweep([cfg], resolve_models=False)
             except ConfigError as e:
@@ -118,7 +128,7 @@ class OptunaSweeperImpl:
         except ConfigError as e:
             raise SearchSpaceError(str(e)) from None
         skipped: Dict[str, List[Dict[str, Any]]] = {}
-        for spec, values in zip(plan.specs, assignments):
+        for spec, values in zip(plan.specs, assignments, strict=True):
             if spec.skip_reason:
                 skipped.setdefault(spec.skip_reason, []).append(values)
         for reason, examples in skipped.items():
@@ -155,9 +165,9 @@ class OptunaSweeperImpl:
         self._ran = 0
         session: Optional[SweepContext] = None
         try:
-            with sweep_session(plan.configs[0], Path(self.config.hydra.sweep.dir), sweep_key(c.study_name, [], identity),
-                               f"optuna: {c.study_name}"[:250], c.n_trials, plan.batch_sizes, tags=tags,
-                               multirun_config=self.config) as session:
+            with sweep_session(plan.configs[0], Path(self.config.hydra.sweep.dir),
+                               sweep_key(c.study_name, [], identity), f"optuna: {c.study_name}"[:250], c.n_trials,
+                               plan.batch_sizes, tags=tags, multirun_config=self.config) as session:
                 log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name,
                          masked(identity), sampler, " & ".join(directions), c.objective,
                          " & accuracy_drop" if c.multi_objective else "", c.n_trials)
@@ -195,8 +205,9 @@ class OptunaSweeperImpl:
             outcome = self._launch(study, trial, space, fixed, local)
         tell(study, trial, outcome)
         self._tag_child(ctx, trial.number, outcome)
-        value = (" " + ", ".join(f"{n}={v:.6g}" for n, v in zip([self.conf.objective, ACCURACY_OBJECTIVE],
-                                                              outcome.values))) if outcome.values else ""
+        names = objective_names(self.conf.objective, self.conf.multi_objective)  # one per value
+        value = (" " + ", ".join(f"{n}={v:.6g}" for n, v in zip(names, outcome.values, strict=True))
+                 if outcome.values else "")
         why = f" — {outcome.attrs['reason']}" if outcome.state != "COMPLETE" and "reason" in outcome.attrs else ""
         log.info("optuna: trial #%d %s%s%s%s", trial.number, outcome.label, value,
                  " (from the result cache)" if outcome.attrs.get("cached") else "", why)
@@ -242,7 +253,7 @@ class OptunaSweeperImpl:
         study, and the sweep must still be closed)."""
         try:
             self._report(study, ctx)
-        except Exception as e:  # noqa: BLE001 - reported, and the sweep goes on to close
+        except Exception as e:
             log.error("could not report the study: %s", one_line(e))
             log.debug("study report error", exc_info=True)
 

@@ -16,20 +16,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display (before pyplot is imported by Optuna's plots)
 
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from optuna.importance import FanovaImportanceEvaluator  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-from optuna.visualization.matplotlib import (  # noqa: E402
-    plot_optimization_history, plot_param_importances, plot_pareto_front)
+import optuna
+import pandas as pd
+from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator
+from optuna.importance import FanovaImportanceEvaluator
+from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances, plot_pareto_front
 
-from trtsweep.errors import one_line  # noqa: E402
-from trtsweep.results import TrialStatus  # noqa: E402
+from trtsweep.errors import one_line
+from trtsweep.results import TrialStatus
 
-from ._outcome import METRIC_ATTRS, is_infeasible  # noqa: E402
-from ._space import params_text  # noqa: E402
+from ._outcome import METRIC_ATTRS, is_infeasible
+from ._space import params_text
 
 log = logging.getLogger(__name__)
 

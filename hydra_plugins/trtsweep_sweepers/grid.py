@@ -72,7 +72,7 @@ class TrtsweepGridSweeper(BasicSweeper):
             resolve_specs_models(plan.specs)  # TensorFlow work in the worker while MLflow opens
         except ConfigError as e:
             fail(str(e))
-        for spec, job in zip(plan.specs, jobs):
+        for spec, job in zip(plan.specs, jobs, strict=True):
             if spec.skip_reason:
                 log.info("plan: skip %s — %s", " ".join(job), spec.skip_reason)
         base = plan.configs[0] if plan.configs else {}

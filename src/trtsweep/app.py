@@ -21,8 +21,17 @@ from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec, plan_trial
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.results import MEASURED, JobResult, TrialResult, TrialStatus
-from trtsweep.session import (ENV_BATCH_SIZES, ENV_OFFSET, ENV_SWEEP_DIR, ENV_TOTAL, SweepContext, fail,
-                              joined_sweep, sweep_key, sweep_session)
+from trtsweep.session import (
+    ENV_BATCH_SIZES,
+    ENV_OFFSET,
+    ENV_SWEEP_DIR,
+    ENV_TOTAL,
+    SweepContext,
+    fail,
+    joined_sweep,
+    sweep_key,
+    sweep_session,
+)
 
 log = logging.getLogger("trtsweep")
 
@@ -88,7 +97,8 @@ def _progress_line(index: int, total: int, spec: TrialSpec, result: TrialResult)
     if result.status in MEASURED and "latency_p50_ms" in m:
         acc = m.get("accuracy")
         outcome = (f"p50 {m['latency_p50_ms']:.3f} ms, {m['throughput_ips']:.1f} items/s "
-                   f"(95% CI {m.get('throughput_ci_low', float('nan')):.1f}–{m.get('throughput_ci_high', float('nan')):.1f}), "
+                   f"(95% CI {m.get('throughput_ci_low', float('nan')):.1f}–"
+                   f"{m.get('throughput_ci_high', float('nan')):.1f}), "
                    f"agreement {m.get('top1_agreement', float('nan')):.3f}"
                    + (f", accuracy {acc:.3f}" if acc is not None else "")
                    + (f", UNSTABLE (spread {m.get('latency_cv', 0):.0%})" if result.unstable else "")
@@ -153,7 +163,7 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
                 result.mlflow_run_ids[ctx.parent_run_id] = run_id
                 if result.status != TrialStatus.SKIPPED:
                     runner.save_result(result, spec.cache_dir)
-        except Exception as e:  # noqa: BLE001 - the result is safe in the cache and results.csv
+        except Exception as e:
             log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
             log.debug("MLflow error", exc_info=True)
     atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json",

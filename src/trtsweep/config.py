@@ -325,7 +325,8 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
         cache_dir=cache_dir, force=bool(c.get("force", False)),
         sweep_batch_sizes=sorted(set(sweep_batch_sizes or [batch_size])),
         threads=threads, core_set=pinned,
-        model_fingerprint=model_fingerprint(model.path) if model.source == "saved_model" else digest(model_identity(model)),
+        model_fingerprint=(model_fingerprint(model.path) if model.source == "saved_model"
+                           else digest(model_identity(model))),
         versions=library_versions(eng.libraries), host=host_identity(pinned),
         data_fingerprint=data_fingerprint(data.path) if data.name == "file" and data.path else "",
     )

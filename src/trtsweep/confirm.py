@@ -93,7 +93,7 @@ def interleave(candidates: Sequence[Candidate], run_round: Callable[[Candidate],
 
 def paired_log_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """CI of the mean per-round log(a/b); contains 0 when a and b are statistically tied."""
-    d = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
+    d = [math.log(x / y) for x, y in zip(a, b, strict=True) if x > 0 and y > 0]
     return mean_ci(d, level)
 
 
@@ -168,7 +168,7 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
         try:
             for c in cands:
                 workers.call(c, "confirm_load", {"spec": c.spec, "key": c.key})
-            samples = interleave(cands, lambda c: workers.call(c, "confirm_run", {"key": c.key}), rounds,
+            samples = interleave(cands, lambda c, w=workers: w.call(c, "confirm_run", {"key": c.key}), rounds,
                                  lambda i, n: log.info("  confirmation round %d/%d", i, n))
         except runner.TrialFailure as f:
             log.error("confirmation of %s failed (%s); the sweep's own measurements stand", group, f.reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import suppress
 from functools import lru_cache
 from importlib import metadata
 
@@ -40,7 +41,8 @@ def host_facts() -> dict[str, str]:
         "host.cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "host.cpu_flags": ",".join(f for f in SIMD_FLAGS if f in flags) or "unknown",
         "host.cores": str(os.cpu_count()),
-        "host.cores_available": str(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else str(os.cpu_count()),
+        "host.cores_available": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                    else os.cpu_count()),
         "host.machine": platform.machine(),
         "host.python": platform.python_version(),
         "host.os": platform.platform(terse=True),
@@ -49,13 +51,11 @@ def host_facts() -> dict[str, str]:
         import psutil
 
         facts["host.memory_gb"] = f"{psutil.virtual_memory().total / 2**30:.1f}"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - facts are best effort: a trial never fails for want of one
         pass
     for pkg in PACKAGES:
-        try:
+        with suppress(metadata.PackageNotFoundError):
             facts[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"):
         if var in os.environ:
             facts[f"env.{var}"] = os.environ[var]

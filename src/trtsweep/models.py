@@ -15,9 +15,9 @@ import numpy as np
 from trtsweep.atomic import build_once
 from trtsweep.config import DataConfig, ModelConfig, model_identity
 from trtsweep.data import digits_split, load
-from trtsweep.types import ModelInfo, TensorSpec
 from trtsweep.errors import ModelError, one_line
 from trtsweep.identity import digest, model_fingerprint
+from trtsweep.types import ModelInfo, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
 
     try:
         loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # noqa: BLE001 - any load failure is the user's model
+    except Exception as e:
         raise ModelError(f"model={name}: cannot load SavedModel at {path}: {one_line(e, with_type=False)}") from e
     sigs = getattr(loaded, "signatures", {})
     if key not in sigs:
@@ -63,14 +63,17 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
     inputs = []
     for iname in sorted(in_specs):
         spec = in_specs[iname]
-        shape = tuple(None if d is None else int(d) for d in spec.shape.as_list()) if spec.shape.rank is not None else None
+        shape = (tuple(None if d is None else int(d) for d in spec.shape.as_list())
+                 if spec.shape.rank is not None else None)
         if iname in (overrides or {}):
             ov = [None if (d is None or d < 0) else int(d) for d in overrides[iname]]
             if shape is not None and len(ov) != len(shape):
-                raise ModelError(f"model.input_shapes.{iname}={overrides[iname]} has rank {len(ov)}, the signature has {shape}")
+                raise ModelError(f"model.input_shapes.{iname}={overrides[iname]} has rank {len(ov)}, the signature "
+                                 f"has {shape}")
             shape = tuple(ov)
         if shape is None:
-            raise ModelError(f"model={name}: input '{iname}' has unknown rank; fix: +model.input_shapes.{iname}=[-1, ...]")
+            raise ModelError(f"model={name}: input '{iname}' has unknown rank; "
+                             f"fix: +model.input_shapes.{iname}=[-1, ...]")
         unknown = [i for i, d in enumerate(shape) if d is None and i > 0]
         if unknown:
             raise ModelError(
@@ -132,7 +135,8 @@ def build_keras_application(cfg: ModelConfig, out: Path) -> None:
     _seed(cfg.seed)
     cls = getattr(keras.applications, cfg.application or "", None)
     if cls is None:
-        raise ModelError(f"model.application={cfg.application} is not in keras.applications; fix: e.g. MobileNetV2, ResNet50")
+        raise ModelError(f"model.application={cfg.application} is not in keras.applications; fix: e.g. MobileNetV2, "
+                         "ResNet50")
     size = cfg.input_size or 224
     model = cls(weights=None, input_shape=(size, size, 3), classes=cfg.num_classes or 1000,
                 classifier_activation=cfg.classifier_activation)
@@ -156,7 +160,7 @@ def _reestimate_batchnorm(model, size: int, cfg: ModelConfig, n: int = 32) -> No
     for bn in bns:
         bn.momentum = 0.0
     model(x.evaluation["x"], training=True)
-    for bn, m in zip(bns, saved):
+    for bn, m in zip(bns, saved, strict=True):
         bn.momentum = m
 
 

@@ -120,7 +120,7 @@ def write(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                          ("results.parquet", lambda p: df.to_parquet(p, index=False))):
         try:
             paths.append(atomic_write(out_dir / name, writer))
-        except Exception:  # noqa: BLE001 - parquet needs pyarrow; the csv is the contract
+        except Exception:
             if name == "results.csv":
                 raise
     return paths
@@ -154,7 +154,8 @@ def summary_text(df: pd.DataFrame) -> str:
         params = ", ".join(f"{c[7:]}={_plain(r[c])}" for c in best.columns
                            if c.startswith("engine.") and c in varied and pd.notna(r[c]))
         sp = r.get("speedup_vs_tf_fp32")
-        sp_txt = f", {sp:.2f}x vs tf fp32" if pd.notna(sp) else " (no engine=tf precision=fp32 trial at this batch size)"
+        sp_txt = (f", {sp:.2f}x vs tf fp32" if pd.notna(sp)
+                  else " (no engine=tf precision=fp32 trial at this batch size)")
         conf = r.get("confirm_throughput_ips")
         conf_txt = (f"; confirmed {conf:.1f} items/s (95% CI {r.confirm_ci_low:.1f}–{r.confirm_ci_high:.1f})"
                     + (" — a statistical TIE, the cheapest of the tied is recommended" if r.get("tie") else "")

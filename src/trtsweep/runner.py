@@ -197,7 +197,8 @@ def execute(spec: TrialSpec) -> TrialResult:
     key = spec.trial_key()
     if spec.skip_reason:
         now = time.time()
-        return TrialResult(key, TrialStatus.SKIPPED, spec.to_dict(), reason=spec.skip_reason, started_at=now, ended_at=now)
+        return TrialResult(key, TrialStatus.SKIPPED, spec.to_dict(), reason=spec.skip_reason, started_at=now,
+                           ended_at=now)
     fault = fault_for(spec.to_dict())  # tests only: never served from the cache
     if not spec.force and fault is None:
         cached = load_cached(spec)
@@ -213,7 +214,8 @@ def execute(spec: TrialSpec) -> TrialResult:
         result = TrialResult(key, TrialStatus.FAILED, spec.to_dict(), reason=f.reason, traceback=f.traceback,
                              started_at=started, ended_at=time.time())
     else:
-        result = TrialResult(key, TrialStatus.OK, spec.to_dict(), metrics=out["metrics"], report=out["report"], host=out["host"],
+        result = TrialResult(key, TrialStatus.OK, spec.to_dict(), metrics=out["metrics"], report=out["report"],
+                             host=out["host"],
                              artifact=out["artifact"], started_at=started, ended_at=time.time(),
                              unstable=bool(out.get("unstable", False)))
         drop = result.metrics.get("accuracy_drop")

@@ -123,7 +123,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
         tracker = tracker_future.result() if tracker_future is not None else _tracker(cfg)
         if tracker is not None:
             parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
-    except Exception as e:  # noqa: BLE001 - results still go to the cache and results.csv
+    except Exception as e:
         log.error("MLflow unavailable, continuing without it: %s", one_line(e))
         log.debug("MLflow error", exc_info=True)
         tracker = None
@@ -148,7 +148,7 @@ def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
         return []
     try:
         verdicts = confirm.run(records, conf.top_k, conf.rounds)
-    except Exception as e:  # noqa: BLE001 - the sweep's own results stand; the detail goes to the log
+    except Exception as e:
         log.error("confirmation failed, keeping the sweep's own ranking: %s", one_line(e))
         log.debug("confirmation error", exc_info=True)
         return []
@@ -191,7 +191,8 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     df = report.apply_confirmation(report.table(records), verdicts)
     paths = report.write(df, ctx.sweep_dir) if not df.empty else []
     if not df.empty:
-        print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df) + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}",
+        print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df)
+              + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}",
               flush=True)
     if ctx.tracker is not None and ctx.parent_run_id:
         try:
@@ -208,7 +209,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
                 except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
                     log.error("could not log the confirmation to MLflow: %s", one_line(e))
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1], status=status)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.stop_pool()
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):

@@ -8,9 +8,9 @@ so re-logging a trial updates its run instead of duplicating it).
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
-MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED", TrialStatus.SKIPPED: "FINISHED",
-                 TrialStatus.FAILED: "FAILED"}
+MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
+                 TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED"}
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -101,7 +101,8 @@ class Tracker:
         ts = int(time.time() * 1000)
         if summary:
             metrics = [Metric(k, float(v), ts, 0) for k, v in summary.items() if isinstance(v, (int, float))]
-            tags = [RunTag(f"summary.{k}", str(v)[:5000]) for k, v in summary.items() if not isinstance(v, (int, float))]
+            tags = [RunTag(f"summary.{k}", str(v)[:5000]) for k, v in summary.items()
+                    if not isinstance(v, (int, float))]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
         for f in files or []:
             if Path(f).exists():
@@ -168,7 +169,8 @@ class Tracker:
             except Exception:  # noqa: BLE001 - deleted or from another store
                 run_id = None
         if not run_id:
-            found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+            found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = "
+                               f"'{parent_id}'")
             if found:
                 run_id = found[0].info.run_id
                 existing_params = found[0].data.params

@@ -60,7 +60,7 @@ def serve(conn, env: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------
 def warm(_: Any = None) -> bool:
     """Import TensorFlow ahead of the first request (sent when a sweep starts)."""
-    import tensorflow  # noqa: F401
+    import tensorflow  # noqa: F401 - imported for its side effect: the next trial starts without the wait
 
     return True
 
@@ -179,14 +179,13 @@ def _fidelity(spec, conversion_key: str, loaded, eval_batches, ds, reference) ->
 
 
 def run_trial(payload: dict) -> dict:
+    from trtsweep import cores
     from trtsweep.config import TrialSpec
     from trtsweep.data import batches
     from trtsweep.engines.base import get_engine, make_params
-    from trtsweep.types import ModelInfo
     from trtsweep.host import host_facts
     from trtsweep.measure import measure
-
-    from trtsweep import cores
+    from trtsweep.types import ModelInfo
 
     spec = TrialSpec.from_dict(payload["spec"])
     pinned = cores.pin(spec.core_set)  # the trial's core budget, for every thread this worker has
@@ -220,7 +219,8 @@ def run_trial(payload: dict) -> dict:
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s,
-        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
+        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),
+        "peak_rss_mb": _peak_rss_mb(),
         "eval_samples": float(ds.eval_count),
     }
     return {

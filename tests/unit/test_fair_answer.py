@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from trtsweep import confirm, cores, measure as measure_mod
+from trtsweep import confirm, cores
+from trtsweep import measure as measure_mod
 from trtsweep.app import job_config
 from trtsweep.config import MeasureConfig, mlflow_params, plan_trial
 from trtsweep.errors import ConfigError
@@ -108,7 +109,8 @@ def test_grid_parameter_no_swept_engine_has_names_the_engines_that_do():
     from hydra_plugins.trtsweep_sweepers.grid import engine_param_jobs
 
     with pytest.raises(ConfigError) as e:
-        engine_param_jobs([["engine=tf", "engine.intra_op_num_threads=1"], ["engine=tflite", "engine.intra_op_num_threads=1"]], "tflite")
+        engine_param_jobs([["engine=tf", "engine.intra_op_num_threads=1"],
+                           ["engine=tflite", "engine.intra_op_num_threads=1"]], "tflite")
     msg = str(e.value)
     assert "engine.intra_op_num_threads" in msg and "engines that have it: onnx" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="no engine has it"):

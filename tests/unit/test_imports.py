@@ -12,10 +12,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"trtsweep": ROOT / "src" / "trtsweep", "hydra_plugins.trtsweep_sweepers": ROOT / "hydra_plugins" / "trtsweep_sweepers"}
+PACKAGES = {"trtsweep": ROOT / "src" / "trtsweep",
+            "hydra_plugins.trtsweep_sweepers": ROOT / "hydra_plugins" / "trtsweep_sweepers"}
 
 
 def find_modules(packages: dict[str, Path]) -> dict[str, Path]:

@@ -58,7 +58,10 @@ def saved_model(tmp_path_factory, digits) -> str:
 def _model_info(path: str, name: str = "digits_cnn") -> ModelInfo:
     sig = tf.saved_model.load(path).signatures["serving_default"]
     _, kwargs = sig.structured_input_signature
-    spec = lambda n, t: TensorSpec(n, tuple(t.shape.as_list()), t.dtype.name)  # noqa: E731
+
+    def spec(n, t):
+        return TensorSpec(n, tuple(t.shape.as_list()), t.dtype.name)
+
     return ModelInfo(
         name=name, path=path, signature_key="serving_default",
         inputs=[spec(n, t) for n, t in sorted(kwargs.items())],

@@ -23,8 +23,8 @@ from trtsweep.engines.tftrt import (
     ENGINE,
     PROFILE_STRATEGIES,
     TFTRTEngine,
-    TFTRTParams,
     TFTRTModel,
+    TFTRTParams,
     _resolve_saved_model,
     implicit_batch_reason,
 )
@@ -454,7 +454,7 @@ def test_calibration_input_fn_yields_the_configured_batches_with_signature_shape
     got = list(fn())
     assert len(got) == 5
     assert input_order(two_inputs) == ["ya", "zb"]
-    for item, batch in zip(got, calib.batches):
+    for item, batch in zip(got, calib.batches, strict=True):
         ya, zb = item
         assert ya.shape == (3, 3) and ya.dtype == np.int32
         assert zb.shape == (3, 4) and zb.dtype == np.float32
@@ -501,7 +501,7 @@ def test_build_input_fn_covers_every_timed_batch_size_and_max_batch_size(two_inp
     assert build_batch_sizes(params(), [4]) == (1, 4)
     got = list(build_input_fn(two_inputs, sizes)())
     assert [item[0].shape[0] for item in got] == [1, 8, 16]
-    for (ya, zb), bs in zip(got, sizes):
+    for (ya, zb), bs in zip(got, sizes, strict=True):
         assert ya.shape == (bs, 3) and ya.dtype == np.int32
         assert zb.shape == (bs, 4) and zb.dtype == np.float32
 
@@ -625,7 +625,8 @@ def test_report_warns_about_runtime_builds_with_dynamic_shapes_and_without_prebu
 
 def test_report_on_a_real_savedmodel_with_ops_tensorrt_cannot_take(unconvertible):
     loaded = tf.saved_model.load(unconvertible.path)
-    r = conversion_report(loaded.signatures["serving_default"].graph.as_graph_def(), params=params(), timed_batch_sizes=[1, 8])
+    graph = loaded.signatures["serving_default"].graph.as_graph_def()
+    r = conversion_report(graph, params=params(), timed_batch_sizes=[1, 8])
     assert r["trt_segments"] == 0
     assert r["trt_converted_fraction"] == 0.0
     assert r["nodes_in_trt"] == 0 and r["nodes_in_tf"] > 0
@@ -659,21 +660,18 @@ def test_log_warnings_catch_silent_fallbacks_and_build_oom():
 
 
 def test_known_tftrt_failures_are_reraised_with_the_hint_and_others_pass_through():
-    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes") as err:
-        with _hinted_errors():
-            raise RuntimeError("Internal Error (Could not find any implementation for node dense)")
+    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes") as err, _hinted_errors():
+        raise RuntimeError("Internal Error (Could not find any implementation for node dense)")
     assert isinstance(err.value.__cause__, RuntimeError) and "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="unrelated"):
-        with _hinted_errors():
-            raise ValueError("unrelated")
+    with pytest.raises(ValueError, match="unrelated"), _hinted_errors():
+        raise ValueError("unrelated")
 
 
 def test_a_generic_failure_gets_the_hint_from_the_native_build_log(tmp_path):
     log = tmp_path / "build.log"
     log.write_text("E ... [optimizer.cpp] Error Code 10: Internal Error (Could not find any implementation for node x)")
-    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes"):
-        with _hinted_errors(log):
-            raise RuntimeError("Failed to build TensorRT engine")
+    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes"), _hinted_errors(log):
+        raise RuntimeError("Failed to build TensorRT engine")
 
 
 def test_native_log_capture_records_fd2_and_restores_it(tmp_path):
@@ -728,7 +726,8 @@ def test_gpu_facts_never_raises_and_is_fast_without_nvidia_smi():
 
 
 def test_gpu_query_and_banner_parsing():
-    facts = parse_gpu_query("NVIDIA A100-SXM4-40GB, 550.54.15, 1024, 40960\nNVIDIA A100-SXM4-40GB, 550.54.15, 3, 40960\n")
+    facts = parse_gpu_query("NVIDIA A100-SXM4-40GB, 550.54.15, 1024, 40960\nNVIDIA A100-SXM4-40GB, 550.54.15, 3, "
+                            "40960\n")
     assert facts == {"gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_driver": "550.54.15", "gpu_count": 2,
                      "gpu_memory_used_mb": 1024, "gpu_memory_total_mb": 40960}
     assert parse_gpu_query("Tesla T4, 535.1, [N/A], [N/A]")["gpu_name"] == "Tesla T4"
@@ -751,7 +750,8 @@ def _gpu_params(**overrides) -> TFTRTParams:
 
 def _native(model: ModelInfo, batch: dict) -> np.ndarray:
     loaded = tf.saved_model.load(model.path)
-    return loaded.signatures[model.signature_key](**{k: tf.constant(v) for k, v in batch.items()})[model.outputs[0].name].numpy()
+    outputs = loaded.signatures[model.signature_key](**{k: tf.constant(v) for k, v in batch.items()})
+    return outputs[model.outputs[0].name].numpy()
 
 
 @pytest.mark.gpu

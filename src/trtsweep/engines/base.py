@@ -118,7 +118,7 @@ class LoadedModel(ABC):
         """What actually runs (ops, delegates, providers...), logged with the trial."""
         return {}
 
-    def close(self) -> None:  # pragma: no cover - default no-op
+    def close(self) -> None:  # noqa: B027 - optional hook (releases what ``load`` holds); default: nothing
         pass
 
 
@@ -161,7 +161,7 @@ class Engine(ABC):
         """Everything ``trtsweep doctor`` should print (may be slower than ``availability``)."""
         return dict(cls.availability().details)
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook: an engine without checks of its own keeps this one
     def validate(cls, params: Any) -> None:
         """Raise ConfigError naming the field and the fix for an invalid value."""
 
@@ -295,7 +295,7 @@ def match_names(wanted: Sequence[str], available: Sequence[str], kind: str) -> d
             free.remove(hits[0])
     rest = [w for w in wanted if w not in mapping]
     if rest and len(rest) == len(free):
-        mapping.update(zip(rest, free))
+        mapping.update(zip(rest, free, strict=True))
     elif rest:
         raise ModelError(
             f"cannot match signature {kind}s {rest} to the converted model's {kind}s {list(available)}; "

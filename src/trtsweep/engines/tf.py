@@ -41,8 +41,9 @@ class TFModel(LoadedModel):
         return [out[n].numpy() for n in self._out_names]
 
     def describe(self) -> dict:
-        return {"jit_compile": self._jit, "intra_op_threads": self._tf.config.threading.get_intra_op_parallelism_threads(),
-                "inter_op_threads": self._tf.config.threading.get_inter_op_parallelism_threads()}
+        threading = self._tf.config.threading
+        return {"jit_compile": self._jit, "intra_op_threads": threading.get_intra_op_parallelism_threads(),
+                "inter_op_threads": threading.get_inter_op_parallelism_threads()}
 
 
 class TFEngine(Engine):
@@ -55,7 +56,8 @@ class TFEngine(Engine):
     def validate(cls, params: TFParams) -> None:
         for f in ("intra_op_threads", "inter_op_threads"):
             if getattr(params, f) < 0:
-                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = follow `threads`); fix: engine.{f}=0")
+                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = follow `threads`); "
+                                  f"fix: engine.{f}=0")
 
     @classmethod
     def unsupported(cls, precision: str, params: Any) -> str | None:

@@ -19,8 +19,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, LoadedModel, match_names,
-                                   param_stage)
+from trtsweep.engines.base import (
+    Availability,
+    CalibrationTimer,
+    ConversionResult,
+    Engine,
+    LoadedModel,
+    match_names,
+    param_stage,
+)
 from trtsweep.errors import ConfigError, TrtsweepError, one_line
 from trtsweep.types import CalibrationData, ModelInfo
 
@@ -40,7 +47,7 @@ def _interpreter_cls():
 
 
 def ops_report(interpreter) -> dict:
-    ops = [o["op_name"] for o in interpreter._get_ops_details()]  # noqa: SLF001 - only public op listing
+    ops = [o["op_name"] for o in interpreter._get_ops_details()]  # LiteRT's only op listing (private API)
     counts = Counter(ops)
     flex = {k: v for k, v in counts.items() if k.startswith("Flex")}
     custom = {k: v for k, v in counts.items() if k == "CUSTOM" or k.startswith("Custom")}
@@ -81,7 +88,7 @@ class TFLiteModel(LoadedModel):
         if len(details) != len(model.inputs):
             raise TrtsweepError(f"converted model has {len(details)} inputs, the signature {len(model.inputs)}")
         self._inputs = []
-        for spec, d in zip(model.inputs, _match(model.inputs, details, "input")):
+        for spec, d in zip(model.inputs, _match(model.inputs, details, "input"), strict=True):
             shape = spec.concrete(batch_size)
             if tuple(d["shape"]) != shape:
                 it.resize_tensor_input(d["index"], list(shape), strict=False)
@@ -116,7 +123,7 @@ class TFLiteModel(LoadedModel):
 
     def to_float(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         res = []
-        for y, (_, (scale, zero), dtype) in zip(outputs, self._outputs):
+        for y, (_, (scale, zero), dtype) in zip(outputs, self._outputs, strict=True):
             if np.dtype(dtype) in (np.int8, np.uint8) and scale:
                 y = (y.astype(np.float32) - zero) * scale
             res.append(y)
@@ -151,7 +158,7 @@ class TFLiteEngine(Engine):
 
             _interpreter_cls()
             return Availability(True, details={"ai-edge-litert": version("ai-edge-litert")})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a broken install is "unavailable" (with why), not a crash
             return Availability(False, f"ai-edge-litert is not importable ({e}); fix: pip install ai-edge-litert")
 
     @classmethod
@@ -202,7 +209,7 @@ class TFLiteEngine(Engine):
         t0 = time.perf_counter()
         try:
             flat = conv.convert()
-        except Exception as e:  # noqa: BLE001 - converter errors are long MLIR dumps: keep the gist
+        except Exception as e:
             raise TrtsweepError(f"TFLite conversion failed: {_converter_gist(e)}") from e
         calibration_timer.stop()
         convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)

@@ -29,12 +29,24 @@ from typing import Any
 
 import numpy as np
 
-from trtsweep.engines.base import (Availability, CalibrationTimer, ConversionResult, Engine, LoadedModel, match_names,
-                                   param_stage)
-from trtsweep.engines.onnx._convert import OnnxConversionError, to_onnx, to_fp16
+from trtsweep.engines.base import (
+    Availability,
+    CalibrationTimer,
+    ConversionResult,
+    Engine,
+    LoadedModel,
+    match_names,
+    param_stage,
+)
+from trtsweep.engines.onnx._convert import OnnxConversionError, to_fp16, to_onnx
 from trtsweep.engines.onnx._graph import describe_onnx, unsupported_ops
-from trtsweep.engines.onnx._quantize import (ACTIVATION_TYPES, QUANT_FORMATS, preprocess, quantize_int8_dynamic,
-                                             quantize_int8_static)
+from trtsweep.engines.onnx._quantize import (
+    ACTIVATION_TYPES,
+    QUANT_FORMATS,
+    preprocess,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
 from trtsweep.errors import ConfigError, ModelError, one_line
 from trtsweep.types import Batch, CalibrationData, ModelInfo, TensorSpec
 
@@ -274,7 +286,7 @@ def _availability() -> Availability:
         import onnxruntime as ort
 
         providers = list(ort.get_available_providers())
-    except Exception as e:  # a broken wheel (missing shared library...) is "unavailable", not a crash
+    except Exception as e:  # noqa: BLE001 - a broken wheel (missing shared library...) is "unavailable", not a crash
         return Availability(False, f"onnxruntime does not import: {one_line(e)}; fix: pip install -U onnxruntime")
     details = {
         "onnxruntime": importlib.metadata.version("onnxruntime"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,7 +46,13 @@ from trtsweep.engines.tftrt._api import (
     check_installed_api,
     trt_call_kwargs,
 )
-from trtsweep.engines.tftrt._diagnostics import BUILD_LOG, _capture_native_log, _hinted_errors, log_warnings, trt_error_hint
+from trtsweep.engines.tftrt._diagnostics import (
+    BUILD_LOG,
+    _capture_native_log,
+    _hinted_errors,
+    log_warnings,
+    trt_error_hint,
+)
 from trtsweep.engines.tftrt._graph_report import conversion_report
 from trtsweep.engines.tftrt._inputs import (
     _np_dtype,
@@ -106,7 +113,8 @@ def validate_params(p: TFTRTParams) -> None:
                           f"(max {MAX_WORKSPACE_BYTES}); fix: engine.max_workspace_size_bytes=4294967296")
     if p.minimum_segment_size < 1:
         raise ConfigError(f"engine.minimum_segment_size={p.minimum_segment_size} must be ≥ 1 (TF-TRT's -1 disables "
-                          f"conversion of the main graph, which leaves nothing to measure); fix: engine.minimum_segment_size=3")
+                          f"conversion of the main graph, which leaves nothing to measure); "
+                          f"fix: engine.minimum_segment_size=3")
     if p.max_batch_size < 1:
         raise ConfigError(f"engine.max_batch_size={p.max_batch_size} must be ≥ 1; fix: engine.max_batch_size=1 "
                           f"(engines are built for every swept batch_size anyway)")
@@ -120,14 +128,15 @@ def validate_params(p: TFTRTParams) -> None:
         raise ConfigError(f"engine.dynamic_shape_profile_strategy={strategy!r} is unknown; fix: "
                           f"engine.dynamic_shape_profile_strategy={fix} (one of {', '.join(PROFILE_STRATEGIES)})")
     if strategy != DEFAULT_PROFILE_STRATEGY and not p.use_dynamic_shape:
-        raise ConfigError(f"engine.dynamic_shape_profile_strategy={strategy} only applies with engine.use_dynamic_shape=true; "
-                          f"fix: engine.use_dynamic_shape=true or engine.dynamic_shape_profile_strategy={DEFAULT_PROFILE_STRATEGY}")
+        raise ConfigError(f"engine.dynamic_shape_profile_strategy={strategy} only applies with "
+                          f"engine.use_dynamic_shape=true; fix: engine.use_dynamic_shape=true or "
+                          f"engine.dynamic_shape_profile_strategy={DEFAULT_PROFILE_STRATEGY}")
     if p.use_dynamic_shape and not p.build_engines:
         raise ConfigError("engine.use_dynamic_shape=true needs engine.build_engines=true: TF-TRT collects the "
                           "optimization profiles in converter.build(); fix: engine.build_engines=true")
     if not p.build_engines and not p.allow_build_at_runtime:
-        raise ConfigError("engine.build_engines=false with engine.allow_build_at_runtime=false leaves every TRTEngineOp "
-                          "without an engine, so the model would run entirely in TensorFlow; "
+        raise ConfigError("engine.build_engines=false with engine.allow_build_at_runtime=false leaves every "
+                          "TRTEngineOp without an engine, so the model would run entirely in TensorFlow; "
                           "fix: engine.build_engines=true")
 
 
@@ -152,10 +161,8 @@ def _allow_gpu_memory_growth() -> None:
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        with suppress(RuntimeError, ValueError):  # GPUs already initialised in this process: leave as is
             tf.config.experimental.set_memory_growth(gpu, True)
-        except (RuntimeError, ValueError):  # GPUs already initialised in this process: leave as is
-            pass
 
 
 def _resolve_saved_model(artifact: Path) -> Path:
@@ -164,7 +171,8 @@ def _resolve_saved_model(artifact: Path) -> Path:
         return artifact / SAVED_MODEL_DIR
     if (artifact / "saved_model.pb").exists():
         return artifact
-    raise ModelError(f"{artifact} holds no TF-TRT SavedModel (no saved_model.pb); re-run the conversion with force=true")
+    raise ModelError(f"{artifact} holds no TF-TRT SavedModel (no saved_model.pb); re-run the conversion with "
+                     "force=true")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +298,8 @@ class TFTRTEngine(Engine):
         if self.needs_calibration(precision, params):
             self.require_calibration(precision, calibration)
             assert calibration is not None
-            calls[API_CONVERT]["calibration_input_fn"] = calibration_timer.wrap(calibration_input_fn(calibration, model))
+            calibration_fn = calibration_input_fn(calibration, model)
+            calls[API_CONVERT]["calibration_input_fn"] = calibration_timer.wrap(calibration_fn)
         calls[API_BUILD]["input_fn"] = build_input_fn(model, shapes)
 
         from tensorflow.python.compiler.tensorrt import trt_convert
@@ -323,7 +332,7 @@ class TFTRTEngine(Engine):
             convert_time_s=convert_s,
             calibrate_time_s=calibrate_s,
             report=report,
-            metrics={"trt_segments": report["trt_segments"], "trt_converted_fraction": report["trt_converted_fraction"]},
+            metrics={k: report[k] for k in ("trt_segments", "trt_converted_fraction")},
         )
 
     def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:

@@ -57,21 +57,24 @@ def _calibration_arrays(calibration: CalibrationData, model: ModelInfo) -> list[
         if missing:
             raise ModelError(f"calibration batch {i} lacks input '{missing[0]}' (has {', '.join(sorted(batch))})")
         arrays = tuple(np.asarray(batch[n], dtype=_np_dtype(specs[n])) for n in order)
-        for name, arr in zip(order, arrays):
+        for name, arr in zip(order, arrays, strict=True):
             want = specs[name].concrete(arr.shape[0] if arr.ndim else 1)
             if arr.shape != want:
-                raise ModelError(f"calibration batch {i}: input '{name}' has shape {arr.shape}, signature expects {want}")
+                raise ModelError(f"calibration batch {i}: input '{name}' has shape {arr.shape}, signature expects "
+                                 f"{want}")
         shapes = tuple(a.shape for a in arrays)
         if first_shapes is None:
             first_shapes = shapes
         elif shapes != first_shapes:
             raise ConfigError(f"calibration batch {i} has shapes {shapes} but batch 0 has {first_shapes}; TF-TRT INT8 "
-                              f"calibration needs one shape; fix: make data.calibration_samples a multiple of the calibration batch")
+                              f"calibration needs one shape; "
+                              f"fix: make data.calibration_samples a multiple of the calibration batch")
         batches.append(arrays)
     return batches
 
 
-def calibration_input_fn(calibration: CalibrationData, model: ModelInfo) -> Callable[[], Iterator[tuple[np.ndarray, ...]]]:
+def calibration_input_fn(calibration: CalibrationData,
+                         model: ModelInfo) -> Callable[[], Iterator[tuple[np.ndarray, ...]]]:
     """Generator function for ``converter.convert(calibration_input_fn=...)``: one tuple per batch.
 
     Inputs are checked and cast here, before TensorFlow sees them, so a bad batch fails with a message.
