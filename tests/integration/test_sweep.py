@@ -134,7 +134,7 @@ def test_interrupted_sweep_resumes_without_duplicates(sweep):
     keys = [c.data.tags["trtsweep.trial_key"] for c in children]
     assert len(keys) == 3 and len(set(keys)) == 3, keys
     assert all(c.data.tags["status"] == "ok" for c in children)
-    assert "(cached)" in res.stdout + res.stderr  # the finished trial was not measured again
+    assert "(cached, measured" in res.stdout + res.stderr  # the finished trial was not measured again
     df = pd.read_csv(sweep.results_csv())
     assert sorted(df.precision) == ["fp16", "fp32", "int8_dynamic"]
     rec = json.loads(next((sweep.cache / "results").glob(f"{first_key}.json")).read_text())
@@ -144,9 +144,9 @@ def test_interrupted_sweep_resumes_without_duplicates(sweep):
 def test_force_remeasures(sweep):
     assert sweep("engine=tflite").returncode == 0
     again = sweep("engine=tflite")
-    assert "(cached)" in again.stdout + again.stderr
+    assert "(cached, measured" in again.stdout + again.stderr  # the progress line of a result from the cache
     forced = sweep("engine=tflite", "force=true")
-    assert forced.returncode == 0 and "(cached)" not in forced.stdout + forced.stderr
+    assert forced.returncode == 0 and "(cached, measured" not in forced.stdout + forced.stderr
 
 
 def test_tftrt_trials_are_skipped_here_and_the_rest_runs(sweep):
