@@ -145,6 +145,8 @@ class Engine(ABC):
     #: thread-count parameters that follow the top-level ``threads`` (the core budget) when left at
     #: their "auto" value (0, or -1 for LiteRT's old default); the first is the one ``threads`` names
     thread_params: ClassVar[tuple[str, ...]] = ()
+    #: the "auto" values of a thread parameter (follow ``threads``)
+    auto_threads: ClassVar[tuple[int, ...]] = (0,)
     #: packages whose versions identify this engine's artifacts and results (``a|b``: either one)
     libraries: ClassVar[tuple[str, ...]] = ("tensorflow|tensorflow-cpu",)
 
@@ -174,6 +176,15 @@ class Engine(ABC):
                 f"(supported: {', '.join(cls.precisions)})"
             )
         return None
+
+    @classmethod
+    def check_threads(cls, params: Any) -> None:
+        """Every thread parameter is a count (≥ 1) or an auto value (follow ``threads``)."""
+        for name in cls.thread_params:
+            value = getattr(params, name)
+            if value < 1 and value not in cls.auto_threads:
+                raise ConfigError(f"engine.{name}={value} must be ≥ 1, or 0 to follow `threads`; "
+                                  f"fix: engine.{name}=0")
 
     @classmethod
     def resolve_threads(cls, params: Any, threads: int, explicit: bool) -> int:
@@ -263,9 +274,11 @@ def engine_param_names(name: str) -> set[str]:
 
 def make_params(engine: type[Engine], values: Mapping[str, Any]) -> Any:
     """The engine's typed params from config values (``engine.<name>``): unknown or mistyped keys fail
-    clearly (:func:`trtsweep.validation.typed`), then the engine's own checks (``Engine.validate``)."""
+    clearly (:func:`trtsweep.validation.typed`), then the thread counts, then the engine's own checks
+    (``Engine.validate``)."""
     params = typed(engine.Params, {k: v for k, v in values.items() if k != "name"}, "engine",
                    owner=f"engine={engine.name}")
+    engine.check_threads(params)
     engine.validate(params)
     return params
 

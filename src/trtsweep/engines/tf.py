@@ -11,7 +11,6 @@ from typing import Any, Iterable
 import numpy as np
 
 from trtsweep.engines.base import ConversionResult, Engine, LoadedModel, param_stage
-from trtsweep.errors import ConfigError
 from trtsweep.types import CalibrationData, ModelInfo
 
 
@@ -51,13 +50,6 @@ class TFEngine(Engine):
     precisions = ("fp32",)
     Params = TFParams
     thread_params = ("intra_op_threads", "inter_op_threads")
-
-    @classmethod
-    def validate(cls, params: TFParams) -> None:
-        for f in ("intra_op_threads", "inter_op_threads"):
-            if getattr(params, f) < 0:
-                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = follow `threads`); "
-                                  f"fix: engine.{f}=0")
 
     @classmethod
     def unsupported(cls, precision: str, params: Any) -> str | None:

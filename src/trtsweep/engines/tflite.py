@@ -28,7 +28,7 @@ from trtsweep.engines.base import (
     match_names,
     param_stage,
 )
-from trtsweep.errors import ConfigError, TrtsweepError, one_line
+from trtsweep.errors import TrtsweepError, one_line
 from trtsweep.types import CalibrationData, ModelInfo
 
 
@@ -149,6 +149,7 @@ class TFLiteEngine(Engine):
     precisions = ("fp32", "fp16", "int8", "int8_dynamic")
     Params = TFLiteParams
     thread_params = ("num_threads",)
+    auto_threads = (0, -1)  # -1: LiteRT's own default
     libraries = ("tensorflow|tensorflow-cpu", "ai-edge-litert")
 
     @classmethod
@@ -160,12 +161,6 @@ class TFLiteEngine(Engine):
             return Availability(True, details={"ai-edge-litert": version("ai-edge-litert")})
         except Exception as e:  # noqa: BLE001 - a broken install is "unavailable" (with why), not a crash
             return Availability(False, f"ai-edge-litert is not importable ({e}); fix: pip install ai-edge-litert")
-
-    @classmethod
-    def validate(cls, params: TFLiteParams) -> None:
-        if params.num_threads < -1:
-            raise ConfigError(f"engine.num_threads={params.num_threads} must be ≥ 1, or 0 to follow `threads`; "
-                              f"fix: engine.num_threads=1")
 
     @classmethod
     def unsupported(cls, precision: str, params: Any) -> str | None:

@@ -122,10 +122,6 @@ class OnnxEngine(Engine):
                 f"engine.opset={params.opset} is out of range; fix: use {MIN_OPSET}..{MAX_OPSET} "
                 f"(tf2onnx 1.17 supports up to {MAX_OPSET}; e.g. engine.opset=17)"
             )
-        for fname in ("intra_op_num_threads", "inter_op_num_threads"):
-            value = getattr(params, fname)
-            if value < 0:
-                raise ConfigError(f"engine.{fname}={value} must be ≥ 0; fix: engine.{fname}=0 (follow `threads`)")
         _check_choice("graph_optimization_level", params.graph_optimization_level, GRAPH_OPTIMIZATION_LEVELS)
         _check_choice("execution_mode", params.execution_mode, EXECUTION_MODES)
         _check_choice("quant_format", params.quant_format, QUANT_FORMATS)
