@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, host_line  # noqa: E402
+from _common import ROOT, host_line
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
         clock = time.perf_counter_ns
         for i in range(n):
             t0 = clock()
-            for idx, arr in zip(in_idx, x):
+            for idx, arr in zip(in_idx, x, strict=True):
                 it.set_tensor(idx, arr)
             it.invoke()
             for idx in out_idx:

@@ -151,12 +151,13 @@ def load_grid(path: Path) -> Grid:
                 float(values[1] / values[0]) if len(values) > 1 else 1.0, len(df) - len(feasible))
 
 
-def _as_job_result(rec: Dict[str, Any]) -> Dict[str, Any]:
-    """A recorded row shaped like ``trtsweep.app.run_job``'s return value."""
+def _as_job_result(rec: Dict[str, Any]) -> Any:
+    """A recorded row as ``trtsweep.app.run_job`` returns it (a ``trtsweep.results.JobResult``)."""
+    from trtsweep.results import JobResult, TrialStatus
+
     metrics = {k: rec[k] for k in ("throughput_ips", "latency_p50_ms", "latency_p99_ms", "accuracy", "accuracy_drop",
                                    "top1_agreement") if k in rec and rec[k] == rec[k]}
-    return {"status": rec["status"], "trial_key": rec.get("trial_key", ""), "reason": rec.get("reason") or None,
-            "metrics": metrics, "mlflow_run_id": "", "row": {"cached": False}}
+    return JobResult(TrialStatus(rec["status"]), rec.get("trial_key", ""), rec.get("reason") or None, metrics)
 
 
 def replay(grid: Grid, sampler_name: str, seed: int, n_trials: int, n_distinct: Optional[int] = None,
@@ -231,7 +232,8 @@ def print_table(grid: Grid, table: List[Dict[str, Any]], seeds: int) -> bool:
         print(f"{row['sampler']:8} " + " ".join(f"{c:>32}" for c in cells))
     print("the same, counting distinct configurations measured instead of trials (a repeat comes from the cache):")
     for row in table:
-        print(f"{row['sampler']:8} " + " ".join(f"{'after ' + str(int(f * 100)) + '%: ':>14}{row[f'measured {int(f * 100)}%']:6.1%}"
+        print(f"{row['sampler']:8} " + " ".join(f"{'after ' + str(int(f * 100)) + '%: ':>14}"
+                                              f"{row[f'measured {int(f * 100)}%']:6.1%}"
                                               for f in FRACTIONS))
     tpe = next(r for r in table if r["sampler"] == "tpe")
     ok = tpe["30%"] >= TARGET

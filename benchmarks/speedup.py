@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, host_line, run_sweep  # noqa: E402
+from _common import ROOT, host_line, run_sweep
 
 sys.path.insert(0, str(ROOT / "src"))
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import host_line, run_sweep  # noqa: E402
+from _common import host_line, run_sweep
 
 
 def main() -> None:
@@ -39,7 +39,8 @@ def main() -> None:
     converted = df[df.conversion_reused == 0]
     work_s = converted.convert_time_s.sum() + converted.calibrate_time_s.sum() + df.measure_time_s.sum()
     print(host_line())
-    print(f"model={a.model}: 6 trials (tflite × fp32,fp16,int8 × bs 1,8; {len(converted)} conversions, the rest reused)")
+    print(f"model={a.model}: 6 trials (tflite × fp32,fp16,int8 × bs 1,8; {len(converted)} conversions, "
+          "the rest reused)")
     print(f"convert {converted.convert_time_s.sum():.1f} s + calibrate {converted.calibrate_time_s.sum():.1f} s + "
           f"measure {df.measure_time_s.sum():.1f} s = {work_s:.1f} s of trial work; sweep wall time {wall:.1f} s")
     print(f"sweep_overhead ratio = {wall / work_s:.2f}  (target ≤ 1.3: {'met' if wall / work_s <= 1.3 else 'NOT met'})")

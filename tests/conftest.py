@@ -44,14 +44,19 @@ class SweepRun:
         return [sys.executable, str(ROOT / "sweep.py"), *flags, *(FAST if fast else []), *values,
                 f"cache_dir={self.cache}"]
 
-    def env(self) -> dict:
+    def env(self, extra: dict | None = None) -> dict:
         env = dict(os.environ)
         env.pop("MLFLOW_TRACKING_URI", None)
         env["PYTHONUNBUFFERED"] = "1"
+        # this checkout's trtsweep and hydra_plugins first, not an installed (or another worktree's) copy
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        env.update(extra or {})
         return env
 
-    def __call__(self, *overrides: str, fast: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(self.args(*overrides, fast=fast), cwd=self.cwd, env=self.env(), capture_output=True,
+    def __call__(self, *overrides: str, fast: bool = True, timeout: float = 600,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run ``sweep.py`` with ``overrides``; ``env``: extra environment variables (e.g. a test fault)."""
+        return subprocess.run(self.args(*overrides, fast=fast), cwd=self.cwd, env=self.env(env), capture_output=True,
                               text=True, timeout=timeout)
 
     def popen(self, *overrides: str, fast: bool = True) -> subprocess.Popen:

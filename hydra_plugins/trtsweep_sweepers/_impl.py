@@ -19,15 +19,26 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from trtsweep import runner
-from trtsweep.app import ENV_OFFSET, SweepContext, fail, finish_sweep, plan_sweep, start_sweep, sweep_key
+from trtsweep.app import plan_sweep
 from trtsweep.errors import ConfigError, one_line
+from trtsweep.results import JobResult, TrialStatus
+from trtsweep.session import ENV_OFFSET, SweepContext, fail, sweep_key, sweep_session
 from trtsweep.tracking import absolute_sqlite_uri
 
-from ._outcome import ACCURACY_OBJECTIVE, OBJECTIVES, Outcome, objective_names, tell, trial_outcome
+from ._outcome import OBJECTIVES, Outcome, objective_names, tell, trial_outcome
 from ._report import best_and_front, summary_lines, write_report
-from ._space import (SearchParam, SearchSpaceError, attach_engine_conditions, encode_value, overrides_for,
-                     params_text, parse_overrides, representative_assignments, split_space, suggest)
+from ._space import (
+    SearchParam,
+    SearchSpaceError,
+    attach_engine_conditions,
+    encode_value,
+    overrides_for,
+    params_text,
+    parse_overrides,
+    representative_assignments,
+    split_space,
+    suggest,
+)
 from ._study import Heartbeat, fail_stale_trials, make_sampler, masked, open_storage, open_study, sampler_label
 
 log = logging.getLogger(__name__)
@@ -42,6 +53,7 @@ class OptunaSweeperImpl:
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
         self._summary: List[str] = []
+        self._ran = 0  # trials this worker ran in this sweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -106,7 +118,7 @@ class OptunaSweeperImpl:
         attach_engine_conditions(space, keys, fixed_engine)
         assignments = representative_assignments(space)
         configs = [self._compose(overrides_for(space, a, fixed), params_text(a)) for a in assignments]
-        for values, cfg in zip(assignments, configs):
+        for values, cfg in zip(assignments, configs, strict=True):
             try:
                 plan_sweep([cfg], resolve_models=False)
             except ConfigError as e:
@@ -116,7 +128,7 @@ class OptunaSweeperImpl:
         except ConfigError as e:
             raise SearchSpaceError(str(e)) from None
         skipped: Dict[str, List[Dict[str, Any]]] = {}
-        for spec, values in zip(plan.specs, assignments):
+        for spec, values in zip(plan.specs, assignments, strict=True):
             if spec.skip_reason:
                 skipped.setdefault(spec.skip_reason, []).append(values)
         for reason, examples in skipped.items():
@@ -144,45 +156,43 @@ class OptunaSweeperImpl:
             plan = self._validate(space, fixed)
             study, storage = self._open_study(space, directions)
         except SearchSpaceError as e:
-            runner.pool().stop()
             fail(str(e))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         identity = absolute_sqlite_uri(c.storage)
         sampler = sampler_label(c.sampler)
         tags = {"sweeper": "optuna", "optuna.study": c.study_name, "optuna.storage": masked(identity),
                 "optuna.sampler": sampler, "optuna.objective": c.objective,
                 "optuna.space": " ".join(p.expr for p in space)[:4000]}
-        ctx = start_sweep(plan.configs[0], sweep_dir, sweep_key(c.study_name, [], identity),
-                          f"optuna: {c.study_name}"[:250], c.n_trials, plan.batch_sizes, tags)
-        log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name, masked(identity),
-                 sampler, " & ".join(directions), c.objective, " & accuracy_drop" if c.multi_objective else "",
-                 c.n_trials)
-        ran = 0
-        status = "KILLED"  # Ctrl-C or a crash of the sweep itself: marked as the grid sweeper marks it
+        self._ran = 0
+        session: Optional[SweepContext] = None
         try:
-            started = time.monotonic()
-            for local in range(c.n_trials):
-                if c.timeout is not None and time.monotonic() - started > c.timeout:
-                    log.info("optuna: timeout of %s s reached after %d trial(s)", c.timeout, ran)
-                    break
-                if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
-                    log.info("optuna: the grid is exhausted after %d trial(s)", ran)
-                    break
-                self._run_trial(study, storage, space, fixed, ctx, local)
-                ran += 1
-            status = "FINISHED"
+            with sweep_session(plan.configs[0], Path(self.config.hydra.sweep.dir),
+                               sweep_key(c.study_name, [], identity), f"optuna: {c.study_name}"[:250], c.n_trials,
+                               plan.batch_sizes, tags=tags, multirun_config=self.config) as session:
+                log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name,
+                         masked(identity), sampler, " & ".join(directions), c.objective,
+                         " & accuracy_drop" if c.multi_objective else "", c.n_trials)
+                try:
+                    self._run_trials(study, storage, space, fixed, session)
+                finally:  # interrupted too: the study's report, before the sweep's own results table
+                    self._finish(study, session)
         finally:
-            try:
-                self._finish(study, ctx, ran)
-            except Exception as e:  # noqa: BLE001 - the trials are safe in the study; still close the sweep
-                log.error("could not report the study: %s", one_line(e))
-                log.debug("study report error", exc_info=True)
-            df = finish_sweep(ctx, status=status)  # the same confirmation step as the grid's
-            self._summary.extend(confirmed_lines(df))
-            print("\n".join(self._summary), flush=True)
+            if session is not None:  # after the results table: the confirmed winner (only for a finished study)
+                print("\n".join(self._summary + confirmed_lines(session.table)), flush=True)
         return None
+
+    def _run_trials(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
+                    ctx: SweepContext) -> None:
+        c = self.conf
+        started = time.monotonic()
+        for local in range(c.n_trials):
+            if c.timeout is not None and time.monotonic() - started > c.timeout:
+                log.info("optuna: timeout of %s s reached after %d trial(s)", c.timeout, self._ran)
+                break
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                log.info("optuna: the grid is exhausted after %d trial(s)", self._ran)
+                break
+            self._run_trial(study, storage, space, fixed, ctx, local)
+            self._ran += 1
 
     def _run_trial(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
                    ctx: SweepContext, local: int) -> None:
@@ -195,8 +205,9 @@ class OptunaSweeperImpl:
             outcome = self._launch(study, trial, space, fixed, local)
         tell(study, trial, outcome)
         self._tag_child(ctx, trial.number, outcome)
-        value = (" " + ", ".join(f"{n}={v:.6g}" for n, v in zip([self.conf.objective, ACCURACY_OBJECTIVE],
-                                                              outcome.values))) if outcome.values else ""
+        names = objective_names(self.conf.objective, self.conf.multi_objective)  # one per value
+        value = (" " + ", ".join(f"{n}={v:.6g}" for n, v in zip(names, outcome.values, strict=True))
+                 if outcome.values else "")
         why = f" — {outcome.attrs['reason']}" if outcome.state != "COMPLETE" and "reason" in outcome.attrs else ""
         log.info("optuna: trial #%d %s%s%s%s", trial.number, outcome.label, value,
                  " (from the result cache)" if outcome.attrs.get("cached") else "", why)
@@ -216,12 +227,12 @@ class OptunaSweeperImpl:
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except BaseException as e:  # SystemExit (invalid config), KeyboardInterrupt: stop the study
-            tell(study, trial, Outcome("FAIL", None, False, {"status": "failed",
+            tell(study, trial, Outcome("FAIL", None, False, {"status": str(TrialStatus.FAILED),
                                                               "reason": f"interrupted: {one_line(e)}"}))
             raise
         max_drop = OmegaConf.select(ret.cfg, "fidelity.max_accuracy_drop") if ret.cfg is not None else None
         max_drop = 0.01 if max_drop is None else float(max_drop)
-        if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, dict):
+        if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, JobResult):
             return trial_outcome(ret._return_value, None, c.objective, c.multi_objective, max_drop)
         err = ret._return_value if isinstance(ret._return_value, BaseException) else None
         return trial_outcome(None, one_line(err) if err else "the job returned no result", c.objective,
@@ -237,11 +248,20 @@ class OptunaSweeperImpl:
             log.error("could not tag MLflow run %s: %s", run_id, one_line(e))
 
     # ---- end of sweep ----
-    def _finish(self, study: optuna.Study, ctx: SweepContext, ran: int) -> None:
+    def _finish(self, study: optuna.Study, ctx: SweepContext) -> None:
+        """The study's summary lines, files and MLflow entries; never raises (the trials are safe in the
+        study, and the sweep must still be closed)."""
+        try:
+            self._report(study, ctx)
+        except Exception as e:
+            log.error("could not report the study: %s", one_line(e))
+            log.debug("study report error", exc_info=True)
+
+    def _report(self, study: optuna.Study, ctx: SweepContext) -> None:
         c = self.conf
         trials = study.get_trials(deepcopy=False)
         best, front = best_and_front(study)
-        self._summary = summary_lines(trials, best, front, c.study_name, c.objective, ran)
+        self._summary = summary_lines(trials, best, front, c.study_name, c.objective, self._ran)
         files, imps = write_report(study, ctx.sweep_dir)
         if imps:
             self._summary.append("optuna importance: " + ", ".join(f"{k}={v:.2f}" for k, v in imps.items()))
@@ -257,7 +277,7 @@ class OptunaSweeperImpl:
                                   pareto_run_ids=[t.user_attrs["mlflow_run_id"] for t in front
                                                   if t.user_attrs.get("mlflow_run_id")],
                                   importances=imps, files=files)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - the study is safe in its storage
             log.error("could not log the study to MLflow: %s", one_line(e))
 
 

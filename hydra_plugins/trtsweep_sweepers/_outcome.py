@@ -1,4 +1,4 @@
-"""A trial's outcome: what a job's result (``trtsweep.app.run_job``) tells Optuna.
+"""A trial's outcome: what a job's result (``trtsweep.results.JobResult``) tells Optuna.
 
 ``ok`` → COMPLETE with the objective; ``accuracy_violation`` → COMPLETE but infeasible (a constraint
 > 0, so Optuna's ``study.best_trial`` / ``best_trials`` never pick it and TPE / NSGA-II steer away);
@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState
+
+from trtsweep.results import MEASURED, JobResult, TrialStatus
 
 # objective metric -> direction (multi_objective adds accuracy_drop, minimised)
 OBJECTIVES: Dict[str, str] = {
@@ -41,22 +43,20 @@ class Outcome:
         return "INFEASIBLE" if self.state == "COMPLETE" and not self.feasible else self.state
 
 
-def trial_outcome(result: Optional[Dict[str, Any]], error: Optional[str], objective: str, multi_objective: bool,
+def trial_outcome(result: Optional[JobResult], error: Optional[str], objective: str, multi_objective: bool,
                   max_accuracy_drop: float) -> Outcome:
-    """Map a job's return value (``trtsweep.app.run_job``) to what Optuna is told."""
+    """Map a job's result (``trtsweep.app.run_job``) to what Optuna is told."""
     if result is None:
-        return Outcome("FAIL", None, False, {"status": "failed", "reason": error or "the job failed"})
-    status = str(result.get("status"))
-    metrics = result.get("metrics") or {}
-    attrs: Dict[str, Any] = {"status": status, "trial_key": result.get("trial_key") or "",
-                             "mlflow_run_id": result.get("mlflow_run_id") or "",
-                             "cached": bool((result.get("row") or {}).get("cached", False))}
+        return Outcome("FAIL", None, False, {"status": str(TrialStatus.FAILED), "reason": error or "the job failed"})
+    status, metrics = result.status, result.metrics
+    attrs: Dict[str, Any] = {"status": str(status), "trial_key": result.trial_key or "",
+                             "mlflow_run_id": result.mlflow_run_id or "", "cached": bool(result.cached)}
     attrs.update({k: float(metrics[k]) for k in METRIC_ATTRS if _finite(metrics.get(k))})
-    if result.get("reason"):
-        attrs["reason"] = str(result["reason"])
-    if status == "skipped":
+    if result.reason:
+        attrs["reason"] = str(result.reason)
+    if status == TrialStatus.SKIPPED:
         return Outcome("PRUNED", None, False, attrs)
-    if status not in ("ok", "accuracy_violation"):
+    if status not in MEASURED:
         attrs.setdefault("reason", f"status {status}")
         return Outcome("FAIL", None, False, attrs)
     wanted = objective_names(objective, multi_objective)
@@ -66,7 +66,7 @@ def trial_outcome(result: Optional[Dict[str, Any]], error: Optional[str], object
         return Outcome("FAIL", None, False, attrs)
     drop = metrics.get(ACCURACY_OBJECTIVE)
     constraint = float(drop) - max_accuracy_drop if _finite(drop) else 0.0
-    if status == "accuracy_violation":
+    if status == TrialStatus.ACCURACY_VIOLATION:
         constraint = max(constraint, 1e-12)  # the runner's verdict wins over float rounding
     attrs[CONSTRAINT_ATTR] = [constraint]
     return Outcome("COMPLETE", [float(metrics[m]) for m in wanted], constraint <= 0, attrs)

@@ -16,19 +16,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display (before pyplot is imported by Optuna's plots)
 
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from optuna.importance import FanovaImportanceEvaluator  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-from optuna.visualization.matplotlib import (  # noqa: E402
-    plot_optimization_history, plot_param_importances, plot_pareto_front)
+import optuna
+import pandas as pd
+from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator
+from optuna.importance import FanovaImportanceEvaluator
+from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances, plot_pareto_front
 
-from trtsweep.errors import one_line  # noqa: E402
+from trtsweep.errors import one_line
+from trtsweep.results import TrialStatus
 
-from ._outcome import METRIC_ATTRS, is_infeasible  # noqa: E402
-from ._space import params_text  # noqa: E402
+from ._outcome import METRIC_ATTRS, is_infeasible
+from ._space import params_text
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def summary_lines(trials: Sequence[FrozenTrial], best: Optional[FrozenTrial], fr
                   study_name: str, objective: str, ran_here: int) -> List[str]:
     states: Dict[str, int] = {}
     for t in trials:
-        label = "infeasible" if is_infeasible(t) else t.state.name.lower()
+        label = TrialStatus.INFEASIBLE.value if is_infeasible(t) else t.state.name.lower()
         states[label] = states.get(label, 0) + 1
     cached = sum(1 for t in trials if t.user_attrs.get("cached"))
     lines = [f"optuna study {study_name}: {len(trials)} trial(s), {ran_here} run by this worker — "
@@ -134,7 +134,7 @@ def summary_lines(trials: Sequence[FrozenTrial], best: Optional[FrozenTrial], fr
              + (f", served from the result cache={cached}" if cached else "")]
     if best is None:
         lines.append("optuna best: no feasible trial yet (every completed trial violated the accuracy constraint)"
-                     if states.get("infeasible") else "optuna best: no completed trial")
+                     if states.get(TrialStatus.INFEASIBLE.value) else "optuna best: no completed trial")
     else:
         a = best.user_attrs
         metrics = ", ".join(f"{k}={a[k]:.4g}" for k in METRIC_ATTRS if k in a)

@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +41,23 @@ class TrtsweepGridSweeper(BasicSweeper):
             super().validate_batch_is_legal(batch)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from trtsweep.app import (fail, finish_sweep, job_config, plan_sweep, resolve_specs_models, start_sweep, sweep_key,
-                                  tracker_in_background)
-        from trtsweep.errors import ConfigError
+        from trtsweep import runner
+        from trtsweep.app import job_config, plan_sweep, resolve_specs_models
+        from trtsweep.errors import ConfigError, one_line
+        from trtsweep.session import fail, sweep_key, sweep_session, tracker_in_background
 
         assert self.config is not None and self.hydra_context is not None
-        from trtsweep import runner
-
         runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed
         params_conf = self._parse_config() + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         try:
             batches = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
         except Exception as e:  # noqa: BLE001 - bad sweep syntax
-            fail(f"{e}".splitlines()[0])
+            fail(one_line(e, with_type=False))
         jobs = [list(job) for batch in batches for job in batch]
         try:
             jobs, notes = engine_param_jobs(jobs, str(self.config.engine.name))
         except ConfigError as e:
-            runner.pool().stop()
             fail(str(e))
         for note in notes:
             log.info("plan: %s", note)
@@ -74,26 +71,17 @@ class TrtsweepGridSweeper(BasicSweeper):
             tracker_future = tracker_in_background(job_config(configs[0])) if configs else None
             resolve_specs_models(plan.specs)  # TensorFlow work in the worker while MLflow opens
         except ConfigError as e:
-            runner.pool().stop()
             fail(str(e))
-        for spec, job in zip(plan.specs, jobs):
+        for spec, job in zip(plan.specs, jobs, strict=True):
             if spec.skip_reason:
                 log.info("plan: skip %s — %s", " ".join(job), spec.skip_reason)
         base = plan.configs[0] if plan.configs else {}
         name = str(base.get("name", "adhoc"))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        ctx = start_sweep(base, sweep_dir, sweep_key(name, params_conf), f"{name}: {' '.join(params_conf)}"[:250],
-                          len(jobs), plan.batch_sizes, {"sweeper": "grid"}, tracker_future)
-        self._planned = True
-        try:
-            returns = self._launch(jobs)
-        except BaseException:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
-            finish_sweep(ctx, status="KILLED")
-            raise
-        finish_sweep(ctx)
-        return returns
+        with sweep_session(base, Path(self.config.hydra.sweep.dir), sweep_key(name, params_conf),
+                           f"{name}: {' '.join(params_conf)}"[:250], len(jobs), plan.batch_sizes,
+                           tags={"sweeper": "grid"}, tracker_future=tracker_future, multirun_config=self.config):
+            self._planned = True
+            return self._launch(jobs)
 
     def _launch(self, jobs: List[List[str]]) -> List[Any]:
         """Hydra's basic sweeper's loop, over the planned (filtered, de-duplicated) jobs."""

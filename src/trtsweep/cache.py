@@ -27,7 +27,8 @@ class Entry:
     stale: str = ""  # why it can never be served again ("" = current)
 
 
-def _size_mb(p: Path) -> float:
+def size_mb(p: Path) -> float:
+    """Size of a file, or of every file below a directory, in MiB."""
     if p.is_file():
         return p.stat().st_size / 2**20
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
@@ -57,9 +58,9 @@ def entries(cache_dir: Path) -> list[Entry]:
             label = (f"{spec['model']['name']} {spec['engine']} {spec['precision']} bs={spec['batch_size']} "
                      f"threads={spec.get('threads', '?')} → {d['status']}")
             stale = _why_stale(spec.get("versions") or {}, spec["engine"], spec.get("host") or {}, spec.get("core_set"))
-            out.append(Entry("result", p, label, d.get("started_at") or p.stat().st_mtime, _size_mb(p), stale))
+            out.append(Entry("result", p, label, d.get("started_at") or p.stat().st_mtime, size_mb(p), stale))
         except (ValueError, KeyError, TypeError):
-            out.append(Entry("result", p, "unreadable result", p.stat().st_mtime, _size_mb(p), "unreadable"))
+            out.append(Entry("result", p, "unreadable result", p.stat().st_mtime, size_mb(p), "unreadable"))
     for meta in sorted((cache_dir / "artifacts").glob("*/*/conversion.json")):
         d = meta.parent
         try:
@@ -68,17 +69,17 @@ def entries(cache_dir: Path) -> list[Entry]:
             label = f"{ident.get('model', {}).get('name', '?')} {d.parent.name} {ident.get('precision', '?')}"
             stale = (_why_stale(ident.get("versions") or {}, d.parent.name, None, None) if ident
                      else "made before artifacts recorded their identity")
-            out.append(Entry("artifact", d, label, m.get("converted_at") or meta.stat().st_mtime, _size_mb(d), stale))
+            out.append(Entry("artifact", d, label, m.get("converted_at") or meta.stat().st_mtime, size_mb(d), stale))
         except (ValueError, KeyError, TypeError, AttributeError):
-            out.append(Entry("artifact", d, "unreadable artifact", meta.stat().st_mtime, _size_mb(d), "unreadable"))
+            out.append(Entry("artifact", d, "unreadable artifact", meta.stat().st_mtime, size_mb(d), "unreadable"))
     for d in sorted((cache_dir / "models").glob("*")):
         if d.is_dir() and ".tmp" not in d.name:
-            out.append(Entry("model", d, d.name, d.stat().st_mtime, _size_mb(d)))
+            out.append(Entry("model", d, d.name, d.stat().st_mtime, size_mb(d)))
     for f in sorted((cache_dir / "reference").glob("*.npy")):
-        out.append(Entry("reference", f, f.name, f.stat().st_mtime, _size_mb(f)))
+        out.append(Entry("reference", f, f.name, f.stat().st_mtime, size_mb(f)))
     for pattern in ("artifacts/*/*.tmp*", "models/*.tmp*", "results/*.tmp"):  # interrupted writes
         for p in cache_dir.glob(pattern):
-            out.append(Entry("leftover", p, p.name, p.stat().st_mtime, _size_mb(p), "interrupted write"))
+            out.append(Entry("leftover", p, p.name, p.stat().st_mtime, size_mb(p), "interrupted write"))
     return out
 
 

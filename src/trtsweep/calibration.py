@@ -8,7 +8,7 @@ Runtime's CalibrationDataReader, TF-TRT's calibration_input_fn).
 from __future__ import annotations
 
 from trtsweep.data import Dataset, batches
-from trtsweep.engines.base import CalibrationData
+from trtsweep.types import CalibrationData
 
 
 def calibration_data(ds: Dataset, batch_size: int = 1) -> CalibrationData:

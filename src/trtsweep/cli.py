@@ -38,7 +38,7 @@ def doctor(_: argparse.Namespace) -> int:
         mark = "ok   " if av.available else "no   "
         try:
             facts = eng.diagnose()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - doctor reports every engine, whatever one of them raises
             facts = {**av.details, "diagnose_error": f"{type(e).__name__}: {e}"}
         detail = ", ".join(f"{k}={v}" for k, v in facts.items() if v not in (None, "", [], {}))
         print(f"{name:<{width}}  {mark}  precisions: {','.join(eng.precisions)}"

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trtsweep.measure import mean_ci
+from trtsweep.results import TrialStatus
 
 log = logging.getLogger("trtsweep")
 
@@ -63,7 +64,7 @@ def select(rows: Sequence[dict], top_k: int) -> list[dict]:
     """The candidates of one group: the best passing row and those whose throughput CI overlaps its
     own (the runner-up at least), stable ones first (an unstable row is a candidate only when no
     stable row passed).  Empty when fewer than two rows passed: there is nothing to rank."""
-    ok = [r for r in rows if r.get("status") == "ok" and _finite(r.get("throughput_ips"))]
+    ok = [r for r in rows if r.get("status") == TrialStatus.OK and _finite(r.get("throughput_ips"))]
     stable = [r for r in ok if not r.get("unstable")]
     pool = stable or ok
     if len(ok) < 2:
@@ -93,7 +94,7 @@ def interleave(candidates: Sequence[Candidate], run_round: Callable[[Candidate],
 
 def paired_log_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """CI of the mean per-round log(a/b); contains 0 when a and b are statistically tied."""
-    d = [math.log(x / y) for x, y in zip(a, b) if x > 0 and y > 0]
+    d = [math.log(x / y) for x, y in zip(a, b, strict=True) if x > 0 and y > 0]
     return mean_ci(d, level)
 
 
@@ -111,7 +112,7 @@ def decide(candidates: Sequence[Candidate], samples: dict[str, list[float]], gro
         st = {"confirm_throughput_ips": means[k], "confirm_ci_low": lo, "confirm_ci_high": hi,
               "confirm_rounds": len(v)}
         if base is not None:  # speed-up over TF FP32 timed in the same rounds: drift cancels per round
-            ratios = [math.log(x / y) for x, y in zip(v, samples[base]) if x > 0 and y > 0]
+            ratios = [math.log(x / y) for x, y in zip(v, samples[base], strict=True) if x > 0 and y > 0]
             if ratios:
                 st["confirm_speedup_vs_tf_fp32"] = math.exp(float(np.mean(ratios)))
         if k != fastest and k in contenders:
@@ -131,8 +132,9 @@ def _describe(v: Verdict, by_key: dict[str, Candidate]) -> str:
     mean = v.stats[v.winner]["confirm_throughput_ips"]
     lo, hi = v.stats[v.winner]["confirm_ci_low"], v.stats[v.winner]["confirm_ci_high"]
     sp = v.stats[v.winner].get("confirm_speedup_vs_tf_fp32")
-    head = f"confirmed for {v.group}: {w.label} — {mean:.1f} items/s (95% CI {lo:.1f}–{hi:.1f}, " \
-           f"{len(v.samples[v.winner])} interleaved rounds" + (f", {sp:.2f}× TF FP32 in the same rounds)" if sp else ")")
+    rounds = len(v.samples[v.winner])
+    head = (f"confirmed for {v.group}: {w.label} — {mean:.1f} items/s (95% CI {lo:.1f}–{hi:.1f}, {rounds} interleaved "
+            f"rounds" + (f", {sp:.2f}× TF FP32 in the same rounds)" if sp else ")"))
     if v.is_tie:
         others = ", ".join(by_key[k].label for k in v.tied if k != v.winner)
         head += f"; statistically tied with {others}: recommending the cheapest (fewer threads, smaller model, " \
@@ -185,7 +187,7 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
         try:
             for c in cands:
                 workers.call(c, "confirm_load", {"spec": c.spec, "key": c.key})
-            samples = interleave(cands, lambda c: workers.call(c, "confirm_run", {"key": c.key}), rounds,
+            samples = interleave(cands, lambda c, w=workers: w.call(c, "confirm_run", {"key": c.key}), rounds,
                                  lambda i, n: log.info("  confirmation round %d/%d", i, n))
         except runner.TrialFailure as f:
             log.error("confirmation of %s failed (%s); the sweep's own measurements stand", group, f.reason)

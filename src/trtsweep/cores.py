@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,10 +104,8 @@ def pin(cores: list[int]) -> list[int]:
     except OSError:
         tids = [0]
     for tid in tids:
-        try:
+        with suppress(OSError):  # a thread that ended meanwhile, or a mask the OS refuses
             os.sched_setaffinity(tid, set(cores))
-        except OSError:  # a thread that ended meanwhile, or a mask the OS refuses
-            pass
     return allowed_cores()
 
 

@@ -13,10 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from trtsweep.config import DataConfig
-from trtsweep.engines.base import Batch, ModelInfo, TensorSpec
 from trtsweep.errors import ConfigError
+from trtsweep.types import Batch, ModelInfo, TensorSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+DIGITS_TEST_FRACTION = 0.3
+
+
+def digits_split(seed: int = 0):
+    """scikit-learn's 8x8 digits, scaled to [0, 1], with a fixed held-out split (the digits_cnn model
+    trains on the first part; data=digits evaluates on the second)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    y = d.target.astype(np.int64)
+    return train_test_split(x, y, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=y)
 
 
 @dataclass
@@ -62,7 +75,8 @@ def _resize(images: np.ndarray, h: int, w: int, c: int) -> np.ndarray:
     if images.shape[1:3] != (h, w):
         out = []
         for img in images:
-            chans = [np.asarray(Image.fromarray(img[..., k]).resize((w, h), Image.BILINEAR)) for k in range(img.shape[-1])]
+            chans = [np.asarray(Image.fromarray(img[..., k]).resize((w, h), Image.BILINEAR))
+                     for k in range(img.shape[-1])]
             out.append(np.stack(chans, -1))
         images = np.stack(out).astype(np.float32)
     if images.shape[-1] != c:
@@ -79,13 +93,12 @@ def _take(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _digits(cfg: DataConfig, model: ModelInfo) -> Dataset:
-    from trtsweep.models import digits_split
-
     spec = _image_input(model, "digits")
     x_train, x_test, y_train, y_test = digits_split(cfg.seed)
     _, h, w, c = spec.shape
     rng = np.random.default_rng(cfg.seed)
-    calib = _scale(_resize(_take(x_train, cfg.calibration_samples, rng), h, w, c), model) if cfg.calibration_samples else x_train[:0]
+    calib = (_scale(_resize(_take(x_train, cfg.calibration_samples, rng), h, w, c), model)
+             if cfg.calibration_samples else x_train[:0])
     n = min(cfg.eval_samples, len(x_test))
     evaluation = _scale(_resize(x_test[:n], h, w, c), model)
     labels = y_test[:n] if model.num_classes == 10 else None
@@ -152,13 +165,15 @@ def _file(cfg: DataConfig, model: ModelInfo) -> Dataset:
         arrays = {spec.name: _scale(imgs, model)}
     elif path.suffix == ".npy":
         if len(model.inputs) != 1:
-            raise ConfigError(f"data.path={cfg.path}: a .npy feeds one input, model={model.name} has {len(model.inputs)}; fix: an .npz named by input")
+            raise ConfigError(f"data.path={cfg.path}: a .npy feeds one input, model={model.name} has "
+                              f"{len(model.inputs)}; fix: an .npz named by input")
         arrays = {model.inputs[0].name: np.load(path)}
     elif path.suffix == ".npz":
         z = np.load(path)
         missing = [t.name for t in model.inputs if t.name not in z.files]
         if missing:
-            raise ConfigError(f"data.path={cfg.path} lacks arrays for inputs {missing} (has {z.files}); fix: name arrays after the inputs")
+            raise ConfigError(f"data.path={cfg.path} lacks arrays for inputs {missing} (has {z.files}); "
+                              "fix: name arrays after the inputs")
         arrays = {t.name: z[t.name] for t in model.inputs}
         labels = z["labels"] if "labels" in z.files else None
     else:
@@ -166,7 +181,8 @@ def _file(cfg: DataConfig, model: ModelInfo) -> Dataset:
     for t in model.inputs:
         want = t.concrete(1)[1:]
         if tuple(arrays[t.name].shape[1:]) != want:
-            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {arrays[t.name].shape[1:]}, model wants {want}")
+            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {arrays[t.name].shape[1:]}, "
+                              f"model wants {want}")
     rng = np.random.default_rng(cfg.seed)
     n = len(next(iter(arrays.values())))
     calib_idx = _take(np.arange(n), cfg.calibration_samples, rng)

@@ -17,11 +17,14 @@ class EngineUnavailable(TrtsweepError):
     """The engine cannot run on this machine (e.g. TF-TRT without TensorRT)."""
 
 
-def one_line(exc: BaseException, limit: int = 500) -> str:
-    """First meaningful line of an exception, prefixed by its type unless it is ours."""
+def one_line(exc: BaseException, limit: int = 500, with_type: bool = True) -> str:
+    """First meaningful line of an exception, prefixed by its type unless it is ours (or ``with_type``
+    is false: the library's own message is clear as it is)."""
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     msg = lines[0] if lines else ""
-    if not isinstance(exc, TrtsweepError):
+    if with_type and not isinstance(exc, TrtsweepError):
         msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    elif not msg:
+        msg = type(exc).__name__
     return msg if len(msg) <= limit else msg[: limit - 1] + "…"

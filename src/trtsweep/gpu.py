@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import suppress
 
 QUERY_FIELDS = ("name", "driver_version", "memory.used", "memory.total", "uuid")
 _TIMEOUT_S = 5.0
@@ -39,7 +40,7 @@ def gpu_facts(timeout_s: float = _TIMEOUT_S) -> dict:
             facts["cuda_driver_version"] = cuda  # the newest CUDA the driver supports
         facts.update(_library_versions())
         return facts
-    except Exception:  # facts are best effort: a trial must never fail because of them
+    except Exception:  # noqa: BLE001 - facts are best effort: a trial must never fail because of them
         return {}
 
 
@@ -63,10 +64,8 @@ def parse_gpu_query(text: str) -> dict:
     if len(rows[0]) > 4:
         facts["gpu_uuid"] = rows[0][4]
     for key, value in (("gpu_memory_used_mb", used), ("gpu_memory_total_mb", total)):
-        try:
+        with suppress(ValueError):  # "[N/A]" on some boards
             facts[key] = int(float(value))
-        except ValueError:  # "[N/A]" on some boards
-            pass
     return facts
 
 
@@ -91,11 +90,11 @@ def _library_versions() -> dict:
             if trt.is_tensorrt_enabled():
                 facts["tensorrt_linked"] = ".".join(map(str, trt.get_linked_tensorrt_version()))
                 facts["tensorrt_loaded"] = ".".join(map(str, trt.get_loaded_tensorrt_version()))
-        except Exception:
+        except Exception:  # noqa: BLE001 - facts are best effort (a TF build without TensorRT, a broken one)
             pass
         try:
             build = sys.modules["tensorflow"].sysconfig.get_build_info()
             facts["tf_cuda_build_version"] = str(build.get("cuda_version", ""))
-        except Exception:
+        except Exception:  # noqa: BLE001 - facts are best effort
             pass
     return facts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import suppress
 from functools import lru_cache
 from importlib import metadata
 
@@ -27,15 +28,21 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def cpu_flags(info: dict[str, str]) -> set[str]:
+    """The CPU's feature flags from :func:`_cpuinfo` (``flags`` on x86, ``Features`` on ARM)."""
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
 @lru_cache(maxsize=1)
 def host_facts() -> dict[str, str]:
     info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    flags = cpu_flags(info)
     facts = {
         "host.cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "host.cpu_flags": ",".join(f for f in SIMD_FLAGS if f in flags) or "unknown",
         "host.cores": str(os.cpu_count()),
-        "host.cores_available": str(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else str(os.cpu_count()),
+        "host.cores_available": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                    else os.cpu_count()),
         "host.machine": platform.machine(),
         "host.python": platform.python_version(),
         "host.os": platform.platform(terse=True),
@@ -44,13 +51,11 @@ def host_facts() -> dict[str, str]:
         import psutil
 
         facts["host.memory_gb"] = f"{psutil.virtual_memory().total / 2**30:.1f}"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - facts are best effort: a trial never fails for want of one
         pass
     for pkg in PACKAGES:
-        try:
+        with suppress(metadata.PackageNotFoundError):
             facts[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"):
         if var in os.environ:
             facts[f"env.{var}"] = os.environ[var]

@@ -126,10 +126,10 @@ def library_versions(packages: Iterable[str]) -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _cpu_identity() -> dict[str, str]:
-    from trtsweep.host import _cpuinfo
+    from trtsweep.host import _cpuinfo, cpu_flags
 
     info = _cpuinfo()
-    flags = sorted(set((info.get("flags") or info.get("Features") or "").split()))
+    flags = sorted(cpu_flags(info))
     return {"cpu_model": info.get("model name") or "", "cpu_flags_sha": digest(flags, 12)}
 
 

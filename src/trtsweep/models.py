@@ -8,32 +8,18 @@ under ``<cache_dir>/models/<name>-<config hash>`` behind a file lock, so concurr
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from trtsweep.config import ModelConfig, model_identity
-from trtsweep.engines.base import ModelInfo, TensorSpec
-from trtsweep.errors import ModelError
+from trtsweep.atomic import build_once
+from trtsweep.config import DataConfig, ModelConfig, model_identity
+from trtsweep.data import digits_split, load
+from trtsweep.errors import ModelError, one_line
 from trtsweep.identity import digest, model_fingerprint
+from trtsweep.types import ModelInfo, TensorSpec
 
 log = logging.getLogger(__name__)
-
-DIGITS_TEST_FRACTION = 0.3
-
-
-def digits_split(seed: int = 0):
-    """scikit-learn's 8x8 digits, scaled to [0, 1], with a fixed held-out split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[..., None]
-    y = d.target.astype(np.int64)
-    return train_test_split(x, y, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=y)
 
 
 def resolve(cfg: ModelConfig, cache_dir: str | Path) -> ModelInfo:
@@ -62,8 +48,8 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
 
     try:
         loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # noqa: BLE001 - any load failure is the user's model
-        raise ModelError(f"model={name}: cannot load SavedModel at {path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:
+        raise ModelError(f"model={name}: cannot load SavedModel at {path}: {one_line(e, with_type=False)}") from e
     sigs = getattr(loaded, "signatures", {})
     if key not in sigs:
         avail = ", ".join(sorted(sigs)) or "none"
@@ -77,14 +63,17 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
     inputs = []
     for iname in sorted(in_specs):
         spec = in_specs[iname]
-        shape = tuple(None if d is None else int(d) for d in spec.shape.as_list()) if spec.shape.rank is not None else None
+        shape = (tuple(None if d is None else int(d) for d in spec.shape.as_list())
+                 if spec.shape.rank is not None else None)
         if iname in (overrides or {}):
             ov = [None if (d is None or d < 0) else int(d) for d in overrides[iname]]
             if shape is not None and len(ov) != len(shape):
-                raise ModelError(f"model.input_shapes.{iname}={overrides[iname]} has rank {len(ov)}, the signature has {shape}")
+                raise ModelError(f"model.input_shapes.{iname}={overrides[iname]} has rank {len(ov)}, the signature "
+                                 f"has {shape}")
             shape = tuple(ov)
         if shape is None:
-            raise ModelError(f"model={name}: input '{iname}' has unknown rank; fix: +model.input_shapes.{iname}=[-1, ...]")
+            raise ModelError(f"model={name}: input '{iname}' has unknown rank; "
+                             f"fix: +model.input_shapes.{iname}=[-1, ...]")
         unknown = [i for i, d in enumerate(shape) if d is None and i > 0]
         if unknown:
             raise ModelError(
@@ -103,25 +92,13 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
 
 
 def _build_cached(cfg: ModelConfig, cache_dir: Path) -> Path:
-    from filelock import FileLock
-
-    root = cache_dir / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{cfg.name}-{digest(model_identity(cfg), 12)}"
-    with FileLock(str(target) + ".lock"):
-        if (target / "saved_model.pb").exists():
-            return target
-        builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,
-                   "unsupported_op": build_unsupported_op}[cfg.source]
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=root))
-        try:
+    target = cache_dir / "models" / f"{cfg.name}-{digest(model_identity(cfg), 12)}"
+    with build_once(target, lambda t: (t / "saved_model.pb").exists()) as work:
+        if work is not None:
+            builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,
+                       "unsupported_op": build_unsupported_op}[cfg.source]
             log.info("building model %s (once; cached in %s)", cfg.name, target)
-            builder(cfg, tmp / "m")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp / "m", target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            builder(cfg, work)
     return target
 
 
@@ -158,7 +135,8 @@ def build_keras_application(cfg: ModelConfig, out: Path) -> None:
     _seed(cfg.seed)
     cls = getattr(keras.applications, cfg.application or "", None)
     if cls is None:
-        raise ModelError(f"model.application={cfg.application} is not in keras.applications; fix: e.g. MobileNetV2, ResNet50")
+        raise ModelError(f"model.application={cfg.application} is not in keras.applications; fix: e.g. MobileNetV2, "
+                         "ResNet50")
     size = cfg.input_size or 224
     model = cls(weights=None, input_shape=(size, size, 3), classes=cfg.num_classes or 1000,
                 classifier_activation=cfg.classifier_activation)
@@ -174,10 +152,6 @@ def _reestimate_batchnorm(model, size: int, cfg: ModelConfig, n: int = 32) -> No
     outputs depend on the input again and the fidelity metrics mean something."""
     import keras
 
-    from trtsweep.config import DataConfig
-    from trtsweep.data import load
-    from trtsweep.engines.base import ModelInfo, TensorSpec
-
     info = ModelInfo(cfg.name, "", "", [TensorSpec("x", (None, size, size, 3), "float32")], [], "",
                      input_range=tuple(cfg.input_range) if cfg.input_range else None)
     x = load(DataConfig(name="sample_images", calibration_samples=0, eval_samples=n, seed=cfg.seed + 1), info)
@@ -186,7 +160,7 @@ def _reestimate_batchnorm(model, size: int, cfg: ModelConfig, n: int = 32) -> No
     for bn in bns:
         bn.momentum = 0.0
     model(x.evaluation["x"], training=True)
-    for bn, m in zip(bns, saved):
+    for bn, m in zip(bns, saved, strict=True):
         bn.momentum = m
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
+from trtsweep.atomic import atomic_write
+from trtsweep.results import MEASURED, TrialStatus
 
 KEY_COLUMNS = ["model", "engine", "precision", "batch_size", "status"]
 SHOW_METRICS = ["latency_p50_ms", "throughput_ips", "top1_agreement", "accuracy_drop"]
@@ -20,7 +20,7 @@ def row(result: dict) -> dict:
     spec = result["spec"]
     r = {
         "trial_key": result["trial_key"], "model": spec["model"]["name"], "engine": spec["engine"],
-        "precision": spec["precision"], "batch_size": spec["batch_size"], "status": result["status"],
+        "precision": spec["precision"], "batch_size": spec["batch_size"], "status": str(result["status"]),
         "reason": result.get("reason") or "", "data": spec["data"]["name"], "threads": spec.get("threads"),
         "core_set": ",".join(map(str, spec.get("core_set") or [])), "cached": bool(result.get("cached", False)),
         "unstable": bool(result.get("unstable", False)),
@@ -51,7 +51,7 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
     df["speedup_vs_tf_fp32"] = float("nan")
     if "throughput_ips" not in df:
         return df
-    base = df[(df.engine == "tf") & (df.precision == "fp32") & (df.status == "ok")]
+    base = df[(df.engine == "tf") & (df.precision == "fp32") & (df.status == TrialStatus.OK)]
     for (model, bs), grp in base.groupby(["model", "batch_size"]):
         ref = grp["throughput_ips"].max()
         mask = (df.model == model) & (df.batch_size == bs)
@@ -65,7 +65,7 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     recommended only when no stable one passed)."""
     if df.empty or "throughput_ips" not in df:
         return df.iloc[0:0]
-    ok = df[df.status == "ok"].dropna(subset=["throughput_ips"])
+    ok = df[df.status == TrialStatus.OK].dropna(subset=["throughput_ips"])
     if ok.empty:
         return ok
     rows = []
@@ -101,7 +101,7 @@ def pareto_front(df: pd.DataFrame, x: str = "accuracy_drop", y: str = "throughpu
     """Trials not dominated in (lower ``x``, higher ``y``), per model."""
     if df.empty or x not in df or y not in df:
         return df.iloc[0:0]
-    d = df[df.status.isin(["ok", "accuracy_violation"])].dropna(subset=[x, y])
+    d = df[df.status.isin(MEASURED)].dropna(subset=[x, y])
     keep = []
     for _, grp in d.groupby("model"):
         g = grp.sort_values([x, y], ascending=[True, False])
@@ -115,19 +115,12 @@ def pareto_front(df: pd.DataFrame, x: str = "accuracy_drop", y: str = "throughpu
 
 def write(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """results.csv and results.parquet, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, writer in (("results.csv", lambda p: df.to_csv(p, index=False)),
                          ("results.parquet", lambda p: df.to_parquet(p, index=False))):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=name, suffix=".tmp")
-        os.close(fd)
         try:
-            writer(tmp)
-            os.replace(tmp, out_dir / name)
-            paths.append(out_dir / name)
-        except Exception:  # noqa: BLE001 - parquet needs pyarrow; the csv is the contract
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            paths.append(atomic_write(out_dir / name, writer))
+        except Exception:
             if name == "results.csv":
                 raise
     return paths
@@ -182,7 +175,7 @@ def summary_text(df: pd.DataFrame) -> str:
         lines.append(f"{len(cached)} result(s) served from the cache (same model content, library versions, host "
                      f"and settings), first measured {cached.measured_at.min()} … {cached.measured_at.max()}; "
                      f"force=true re-measures")
-    failed = df[df.status.isin(["failed", "skipped"])]
+    failed = df[df.status.isin([TrialStatus.FAILED, TrialStatus.SKIPPED])]
     for _, r in failed.iterrows():
         lines.append(f"{r.status}: {r.model} {r.engine} {r.precision} bs={r.batch_size} — {r.reason}")
     return "\n".join(lines)
@@ -226,7 +219,7 @@ def regressions(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: flo
     out = []
     for _, r in m.iterrows():
         why = []
-        if r.get("status_base") == "ok" and r.get("status_now") != "ok":
+        if r.get("status_base") == TrialStatus.OK and r.get("status_now") != TrialStatus.OK:
             why.append(f"status {r.status_base} → {r.status_now}")
         tb, tn = r.get("throughput_ips_base"), r.get("throughput_ips_now")
         if pd.notna(tb) and pd.notna(tn) and tb > 0 and tn < tb * (1 - max_slowdown):
@@ -249,7 +242,7 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    d = df[df.status.isin(["ok", "accuracy_violation"])].dropna(subset=["throughput_ips"])
+    d = df[df.status.isin(MEASURED)].dropna(subset=["throughput_ips"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for engine, grp in d.groupby("engine"):
         ax.scatter(grp.get("accuracy_drop", pd.Series(0, index=grp.index)).fillna(0), grp.throughput_ips,

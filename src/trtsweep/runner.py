@@ -10,46 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import signal
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec
 from trtsweep.engines.base import get_engine, make_params
+from trtsweep.faults import fault_for
+from trtsweep.results import MEASURED, TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
-
-DONE_STATUSES = ("ok", "accuracy_violation")
-
-
-@dataclass
-class TrialResult:
-    trial_key: str
-    status: str  # ok | skipped | failed | accuracy_violation
-    spec: dict
-    metrics: dict = field(default_factory=dict)
-    reason: str | None = None
-    report: dict = field(default_factory=dict)
-    host: dict = field(default_factory=dict)
-    artifact: str | None = None
-    traceback: str | None = None
-    started_at: float = 0.0
-    ended_at: float = 0.0
-    mlflow_run_ids: dict = field(default_factory=dict)  # parent run id -> child run id
-    cached: bool = False  # served from the result cache (then ``started_at`` is when it was measured)
-    unstable: bool = False  # repeat spread stayed above measure.max_cv after measure.max_repeats
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(d: dict) -> "TrialResult":
-        known = {f for f in TrialResult.__dataclass_fields__}
-        return TrialResult(**{k: v for k, v in d.items() if k in known})
 
 
 class TrialFailure(Exception):
@@ -185,21 +158,17 @@ def pool() -> WorkerPool:
     return _POOL
 
 
+def stop_pool() -> None:
+    """Stop the trial worker, if one was started."""
+    if _POOL is not None:
+        _POOL.stop()
+
+
 # ---------------------------------------------------------------------------
 def _results_dir(cache_dir: str) -> Path:
     p = Path(cache_dir) / "results"
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_cached(spec: TrialSpec) -> TrialResult | None:
@@ -228,26 +197,30 @@ def execute(spec: TrialSpec) -> TrialResult:
     key = spec.trial_key()
     if spec.skip_reason:
         now = time.time()
-        return TrialResult(key, "skipped", spec.to_dict(), reason=spec.skip_reason, started_at=now, ended_at=now)
-    if not spec.force:
+        return TrialResult(key, TrialStatus.SKIPPED, spec.to_dict(), reason=spec.skip_reason, started_at=now,
+                           ended_at=now)
+    fault = fault_for(spec.to_dict())  # tests only: never served from the cache
+    if not spec.force and fault is None:
         cached = load_cached(spec)
-        if cached is not None and cached.status in DONE_STATUSES:
+        if cached is not None and cached.status in MEASURED:
             cached.cached = True
             return cached
     started = time.time()
     p = pool()
     try:
-        out = p.call("trial", {"spec": spec.to_dict()}, worker_env(spec), spec.trial.timeout_s, spec.trial.max_memory_mb)
+        out = p.call("trial", {"spec": spec.to_dict(), "fault": fault}, worker_env(spec), spec.trial.timeout_s,
+                     spec.trial.max_memory_mb)
     except TrialFailure as f:
-        result = TrialResult(key, "failed", spec.to_dict(), reason=f.reason, traceback=f.traceback,
+        result = TrialResult(key, TrialStatus.FAILED, spec.to_dict(), reason=f.reason, traceback=f.traceback,
                              started_at=started, ended_at=time.time())
     else:
-        result = TrialResult(key, "ok", spec.to_dict(), metrics=out["metrics"], report=out["report"], host=out["host"],
+        result = TrialResult(key, TrialStatus.OK, spec.to_dict(), metrics=out["metrics"], report=out["report"],
+                             host=out["host"],
                              artifact=out["artifact"], started_at=started, ended_at=time.time(),
                              unstable=bool(out.get("unstable", False)))
         drop = result.metrics.get("accuracy_drop")
         if drop is not None and drop > spec.fidelity.max_accuracy_drop:
-            result.status = "accuracy_violation"
+            result.status = TrialStatus.ACCURACY_VIOLATION
             result.reason = (f"accuracy_drop={drop:.4f} > fidelity.max_accuracy_drop={spec.fidelity.max_accuracy_drop}")
     finally:
         if not spec.trial.reuse_worker:

@@ -8,22 +8,24 @@ so re-logging a trial updates its run instead of duplicating it).
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
+from trtsweep.results import TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
-MLFLOW_STATUS = {"ok": "FINISHED", "accuracy_violation": "FINISHED", "skipped": "FINISHED", "failed": "FAILED"}
+MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
+                 TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED"}
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -99,7 +101,8 @@ class Tracker:
         ts = int(time.time() * 1000)
         if summary:
             metrics = [Metric(k, float(v), ts, 0) for k, v in summary.items() if isinstance(v, (int, float))]
-            tags = [RunTag(f"summary.{k}", str(v)[:5000]) for k, v in summary.items() if not isinstance(v, (int, float))]
+            tags = [RunTag(f"summary.{k}", str(v)[:5000]) for k, v in summary.items()
+                    if not isinstance(v, (int, float))]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
         for f in files or []:
             if Path(f).exists():
@@ -154,8 +157,7 @@ class Tracker:
             self.client.log_artifact(parent_id, str(best_yaml))
 
     # ---- child ----
-    def log_trial(self, parent_id: str, result, spec: TrialSpec, resolved_cfg: dict | None = None,
-                  extra_tags: dict[str, Any] | None = None) -> str:
+    def log_trial(self, parent_id: str, result: TrialResult, spec: TrialSpec, resolved_cfg: dict | None = None) -> str:
         """Create (or update, if this trial already has a run under this parent) the trial's child run."""
         from mlflow.entities import Metric, Param, RunTag
 
@@ -167,7 +169,8 @@ class Tracker:
             except Exception:  # noqa: BLE001 - deleted or from another store
                 run_id = None
         if not run_id:
-            found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+            found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = "
+                               f"'{parent_id}'")
             if found:
                 run_id = found[0].info.run_id
                 existing_params = found[0].data.params
@@ -181,8 +184,7 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         ts = int((result.ended_at or time.time()) * 1000)
         params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
-        tags = {"status": result.status, "cached": str(result.cached).lower(), **(result.host or {}),
-                **(extra_tags or {})}
+        tags = {"status": str(result.status), "cached": str(result.cached).lower(), **(result.host or {})}
         if result.cached:
             tags["cached_measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.started_at))
         if result.unstable:
@@ -221,7 +223,7 @@ class Tracker:
                 tb.write_text(result.traceback)
                 self.client.log_artifact(run_id, str(tb))
         art = Path(result.artifact) if result.artifact else None
-        if (self.cfg.log_models and art is not None and art.exists() and result.status != "failed"
+        if (self.cfg.log_models and art is not None and art.exists() and result.status != TrialStatus.FAILED
                 and spec.engine != "tf"):  # engine=tf: the artifact is the user's own SavedModel
             if art.is_dir():
                 self.client.log_artifacts(run_id, str(art), artifact_path="model")

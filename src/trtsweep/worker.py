@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -21,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from trtsweep.config import digest
-from trtsweep.runner import atomic_write_json
+from trtsweep.atomic import atomic_save_npy, atomic_write_json, build_once
+from trtsweep.cache import size_mb
+from trtsweep.faults import inject
+from trtsweep.identity import digest
 
 log = logging.getLogger("trtsweep.worker")
 
@@ -60,7 +60,7 @@ def serve(conn, env: dict[str, str]) -> None:
 # ---------------------------------------------------------------------------
 def warm(_: Any = None) -> bool:
     """Import TensorFlow ahead of the first request (sent when a sweep starts)."""
-    import tensorflow  # noqa: F401
+    import tensorflow  # noqa: F401 - imported for its side effect: the next trial starts without the wait
 
     return True
 
@@ -88,7 +88,7 @@ def _dataset(spec, model):
 def _reference(spec, model, ds) -> np.ndarray:
     """Native TF FP32 first output over the evaluation set (memory + disk cache)."""
     from trtsweep.data import batches
-    from trtsweep.engines.tf import TFRunner
+    from trtsweep.engines.tf import TFModel
 
     k = digest([model.fingerprint, model.signature_key, spec.data.__dict__, spec.data_fingerprint,
                 spec.versions.get("tensorflow")])  # the reference is TF's own output: its version matters
@@ -98,21 +98,13 @@ def _reference(spec, model, ds) -> np.ndarray:
     if path.exists():
         _refs[k] = np.load(path)
         return _refs[k]
-    runner = TFRunner(model, jit_compile=False)
+    loaded = TFModel(model, jit_compile=False)
     bs = 32 if model.inputs[0].shape[0] is None else int(model.inputs[0].shape[0])
-    outs = [runner.run(runner.prepare(b))[0] for b in batches(ds.evaluation, bs)]
+    outs = [loaded.run(loaded.prepare(b))[0] for b in batches(ds.evaluation, bs)]
     ref = np.concatenate(outs)[: ds.eval_count]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(path, ref)
+    atomic_save_npy(path, ref)
     _refs[k] = ref
     return ref
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def _reset_peak_rss() -> None:
@@ -136,65 +128,39 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _size_mb(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_size / 2**20
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-
-
-def _inject(fault: str | None) -> None:
-    if fault == "crash":
-        os.abort()
-    if fault == "hang":
-        time.sleep(10**6)
-    if fault == "raise":
-        raise RuntimeError("injected failure (trial.fault=raise)")
-    if fault == "oom":
-        hog = []
-        while True:
-            hog.append(np.ones(64 * 2**20, np.uint8))
-
-
 def convert_cached(spec, engine, model, ds) -> tuple[Path, dict]:
     """Convert once per conversion key; later trials (other batch sizes, threads) reuse the artifact."""
-    from filelock import FileLock
-
     from trtsweep.calibration import calibration_data
 
-    root = Path(spec.cache_dir) / "artifacts" / spec.engine
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / spec.conversion_key()
-    meta_path = target / "conversion.json"
-    with FileLock(str(target) + ".lock"):
-        if meta_path.exists():  # force=true re-measures; the key proves the conversion is the same
-            meta = json.loads(meta_path.read_text())
+    target = Path(spec.cache_dir) / "artifacts" / spec.engine / spec.conversion_key()
+    with build_once(target, lambda t: (t / "conversion.json").exists()) as work:
+        if work is None:  # force=true re-measures; the key proves the conversion is the same
+            meta = json.loads((target / "conversion.json").read_text())
             meta["conversion_cached"] = True
-            return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"]), meta
+            return _artifact_path(target, meta), meta
         calib = None
         if engine.needs_calibration(spec.precision, engine.params):
             calib = calibration_data(ds, engine.calibration_batch_size(engine.params, spec.sweep_batch_sizes))
             log.info("calibrating on %d batches", len(calib))
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=root))
-        try:
-            log.info("converting %s -> %s %s", model.name, spec.engine, spec.precision)
-            res = engine.convert(model, spec.precision, calib, tmp, spec.sweep_batch_sizes)
-            art = Path(res.artifact)
-            inside = tmp in art.parents
-            meta = {"artifact_name": str(art.relative_to(tmp)) if inside else "", "artifact": str(art),
-                    "convert_time_s": res.convert_time_s, "calibrate_time_s": res.calibrate_time_s,
-                    "report": res.report, "metrics": res.metrics, "conversion_key": target.name,
-                    "identity": spec.conversion_identity(), "converted_at": time.time()}
-            (tmp / "conversion.json").write_text(json.dumps(meta, indent=1, default=str))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converting %s -> %s %s", model.name, spec.engine, spec.precision)
+        res = engine.convert(model, spec.precision, calib, work, spec.sweep_batch_sizes)
+        art = Path(res.artifact)
+        inside = work in art.parents
+        meta = {"artifact_name": str(art.relative_to(work)) if inside else "", "artifact": str(art),
+                "convert_time_s": res.convert_time_s, "calibrate_time_s": res.calibrate_time_s,
+                "report": res.report, "metrics": res.metrics, "conversion_key": target.name,
+                "identity": spec.conversion_identity(), "converted_at": time.time()}
+        (work / "conversion.json").write_text(json.dumps(meta, indent=1, default=str))
     meta["conversion_cached"] = False
-    return (target / meta["artifact_name"]) if meta["artifact_name"] else Path(meta["artifact"]), meta
+    return _artifact_path(target, meta), meta
 
 
-def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) -> dict:
+def _artifact_path(target: Path, meta: dict) -> Path:
+    """The artifact inside the conversion's directory, or outside it (engine=tf: the SavedModel itself)."""
+    return target / meta["artifact_name"] if meta["artifact_name"] else Path(meta["artifact"])
+
+
+def _fidelity(spec, conversion_key: str, loaded, eval_batches, ds, reference) -> dict:
     """Outputs on the evaluation set vs TF FP32, once per converted artifact and output-relevant settings:
     the batch size and thread counts do not change what a model computes, so their sweeps reuse it."""
     from trtsweep.fidelity import compare
@@ -204,7 +170,7 @@ def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) ->
     cache = Path(spec.cache_dir) / "artifacts" / spec.engine / conversion_key / f"fidelity-{key}.json"
     if cache.exists() and not spec.force:
         return json.loads(cache.read_text())
-    outs = [runner.to_float(runner.run(runner.prepare(b)))[0] for b in eval_batches]
+    outs = [loaded.to_float(loaded.run(loaded.prepare(b)))[0] for b in eval_batches]
     out = np.concatenate(outs)[: ds.eval_count]
     result = compare(out, reference, ds.labels)
     if cache.parent.is_dir():
@@ -213,19 +179,19 @@ def _fidelity(spec, conversion_key: str, runner, eval_batches, ds, reference) ->
 
 
 def run_trial(payload: dict) -> dict:
+    from trtsweep import cores
     from trtsweep.config import TrialSpec
     from trtsweep.data import batches
-    from trtsweep.engines.base import get_engine, make_params, ModelInfo
+    from trtsweep.engines.base import get_engine, make_params
     from trtsweep.host import host_facts
     from trtsweep.measure import measure
-
-    from trtsweep import cores
+    from trtsweep.types import ModelInfo
 
     spec = TrialSpec.from_dict(payload["spec"])
     pinned = cores.pin(spec.core_set)  # the trial's core budget, for every thread this worker has
     _reset_peak_rss()
     t_start = time.time()
-    _inject(spec.trial.fault)
+    inject(payload.get("fault"))  # tests only (trtsweep.faults)
     model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
     ds = _dataset(spec, model)
     reference = _reference(spec, model, ds)
@@ -234,26 +200,27 @@ def run_trial(payload: dict) -> dict:
 
     artifact, conv = convert_cached(spec, engine, model, ds)
     t0 = time.perf_counter()
-    runner = engine.load(artifact, model, spec.precision, spec.batch_size)
+    loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
     load_s = time.perf_counter() - t0
     try:
         eval_batches = batches(ds.evaluation, spec.batch_size)
-        prepared = runner.prepare(eval_batches[0])
+        prepared = loaded.prepare(eval_batches[0])
         log.info("measuring %s (warm-up %d, ≥%d iters and ≥%.1fs, ×%d, up to ×%d while the spread is > %.0f%%)",
                  spec.label(), spec.measure.warmup_iters, spec.measure.min_iters, spec.measure.min_time_s,
                  spec.measure.repeats, spec.measure.max_repeats, 100 * spec.measure.max_cv)
         t_measure = time.perf_counter()
-        m = measure(runner.run, prepared, spec.batch_size, spec.measure)
+        m = measure(loaded.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
-        fidelity = _fidelity(spec, conv["conversion_key"], runner, eval_batches, ds, reference)
-        describe = runner.describe()
+        fidelity = _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
+        describe = loaded.describe()
     finally:
-        runner.close()
+        loaded.close()
     metrics = {
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s,
-        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": _size_mb(artifact), "peak_rss_mb": _peak_rss_mb(),
+        "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),
+        "peak_rss_mb": _peak_rss_mb(),
         "eval_samples": float(ds.eval_count),
     }
     return {
@@ -275,7 +242,8 @@ _loaded: dict[str, tuple] = {}
 
 def _load_for(spec):
     """Model, dataset, engine and its loaded artifact for ``spec`` (the conversion comes from the cache)."""
-    from trtsweep.engines.base import ModelInfo, get_engine, make_params
+    from trtsweep.engines.base import get_engine, make_params
+    from trtsweep.types import ModelInfo
 
     model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
     ds = _dataset(spec, model)
@@ -293,8 +261,8 @@ def confirm_load(payload: dict) -> bool:
 
     spec = TrialSpec.from_dict(payload["spec"])
     cores.pin(spec.core_set)
-    runner, ds = _load_for(spec)
-    _loaded[payload["key"]] = (spec, runner, runner.prepare(batches(ds.evaluation, spec.batch_size)[0]))
+    loaded, ds = _load_for(spec)
+    _loaded[payload["key"]] = (spec, loaded, loaded.prepare(batches(ds.evaluation, spec.batch_size)[0]))
     return True
 
 
@@ -303,17 +271,17 @@ def confirm_run(payload: dict) -> float:
     from trtsweep import cores
     from trtsweep.measure import timed_repeat, trimmed_mean
 
-    spec, runner, prepared = _loaded[payload["key"]]
+    spec, loaded, prepared = _loaded[payload["key"]]
     cores.pin(spec.core_set)
     m = spec.measure
     for _ in range(m.warmup_iters):
-        runner.run(prepared)
-    lat = timed_repeat(runner.run, prepared, m.min_iters, m.min_time_s)
+        loaded.run(prepared)
+    lat = timed_repeat(loaded.run, prepared, m.min_iters, m.min_time_s)
     return spec.batch_size / (trimmed_mean(lat, m.trim) / 1000.0)
 
 
 def confirm_close(_: Any = None) -> bool:
-    for _spec, runner, _prepared in _loaded.values():
-        runner.close()
+    for _spec, loaded, _prepared in _loaded.values():
+        loaded.close()
     _loaded.clear()
     return True

@@ -32,7 +32,8 @@ def test_threads_grid_measures_every_engine_at_each_budget(sweep):
         assert int(p[f"engine.{THREAD_PARAM[p['engine']]}"]) == threads  # the resolved value, never 0/-1
         assert len(p["core_set"].split(",")) == min(threads, budget)
         assert {"throughput_ci_low", "throughput_ci_high"} <= set(c.data.metrics)
-        assert c.data.metrics["throughput_ci_low"] <= c.data.metrics["throughput_ips"] <= c.data.metrics["throughput_ci_high"]
+        m = c.data.metrics
+        assert m["throughput_ci_low"] <= m["throughput_ips"] <= m["throughput_ci_high"]
     assert seen == {(e, t) for e in THREAD_PARAM for t in (1, 2)}
 
     # the confirmed winner: tagged on exactly one child and on the parent, reproducible from best.yaml
@@ -130,4 +131,5 @@ def test_confirmation_corrects_a_misordered_measurement(sweep):
     assert len(verdicts) == 1
     v = verdicts[0]
     assert v.winner == by_engine["tflite"]["trial_key"] and not v.is_tie
-    assert v.stats[v.winner]["confirm_throughput_ips"] > 5 * v.stats[by_engine["tf"]["trial_key"]]["confirm_throughput_ips"]
+    tf_ips = v.stats[by_engine["tf"]["trial_key"]]["confirm_throughput_ips"]
+    assert v.stats[v.winner]["confirm_throughput_ips"] > 5 * tf_ips

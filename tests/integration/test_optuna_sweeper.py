@@ -22,7 +22,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from hydra_plugins.trtsweep_sweepers import _outcome, _report, _space, _study  # noqa: E402
+from hydra_plugins.trtsweep_sweepers import _outcome, _report, _space, _study  # noqa: E402 - after importorskip
+from trtsweep.results import JobResult, TrialStatus  # noqa: E402 - after importorskip
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout's trtsweep, not an installed one
@@ -111,7 +112,8 @@ def test_grammar_maps_to_optuna_distributions():
     assert fixed == ["model=digits_cnn"]
     extra = next(p for p in params if p.name == "extra")
     assert extra.key == "+extra"
-    assert _space.overrides_for(params, {"extra": 2, "engine": "tf"}, fixed) == ["model=digits_cnn", "+extra=2", "engine=tf"]
+    assert _space.overrides_for(params, {"extra": 2, "engine": "tf"}, fixed) == ["model=digits_cnn", "+extra=2",
+                                                                                "engine=tf"]
 
 
 def test_later_override_of_a_key_wins():
@@ -155,20 +157,23 @@ def test_engine_parameters_are_conditional_on_the_sampled_engine():
 
 
 def test_unknown_engine_parameter_is_rejected():
-    with pytest.raises(_space.SearchSpaceError, match="nonexistent is not a parameter of engine=tflite; fix: use one of"):
-        _space.attach_engine_conditions(space("engine.nonexistent=choice(1,2)")[0], {"tflite": {"num_threads"}}, "tflite")
+    with pytest.raises(_space.SearchSpaceError,
+                       match="nonexistent is not a parameter of engine=tflite; fix: use one of"):
+        _space.attach_engine_conditions(space("engine.nonexistent=choice(1,2)")[0], {"tflite": {"num_threads"}},
+                                        "tflite")
     with pytest.raises(_space.SearchSpaceError, match="not a parameter of any engine in the search"):
         _space.attach_engine_conditions(space("engine=tf,tflite", "engine.nonexistent=choice(1,2)")[0],
                                     {"tf": {"intra_op_threads"}, "tflite": {"num_threads"}}, None)
 
 
-def _result(status: str, **metrics) -> dict:
-    return {"status": status, "trial_key": "k", "reason": "why" if status != "ok" else None, "metrics": metrics,
-            "mlflow_run_id": "r1", "row": {"cached": True}}
+def _result(status: str, **metrics) -> JobResult:
+    return JobResult(TrialStatus(status), "k", "why" if status != "ok" else None, metrics, mlflow_run_id="r1",
+                     cached=True)
 
 
 def test_trial_outcomes_map_to_optuna_states():
-    ok = _outcome.trial_outcome(_result("ok", throughput_ips=100.0, accuracy_drop=0.002), None, "throughput_ips", False, 0.01)
+    ok = _outcome.trial_outcome(_result("ok", throughput_ips=100.0, accuracy_drop=0.002), None, "throughput_ips",
+                                False, 0.01)
     assert (ok.state, ok.values, ok.feasible) == ("COMPLETE", [100.0], True)
     assert ok.attrs["constraint"] == [pytest.approx(-0.008)] and ok.attrs["cached"] is True
     bad = _outcome.trial_outcome(_result("accuracy_violation", throughput_ips=200.0, accuracy_drop=0.05), None,
@@ -180,7 +185,8 @@ def test_trial_outcomes_map_to_optuna_states():
     assert failed.state == "FAIL" and failed.attrs["reason"] == "why"
     crashed = _outcome.trial_outcome(None, "RuntimeError: boom", "throughput_ips", False, 0.01)
     assert crashed.state == "FAIL" and crashed.attrs["reason"] == "RuntimeError: boom"
-    multi = _outcome.trial_outcome(_result("ok", latency_p99_ms=2.0, accuracy_drop=0.0), None, "latency_p99_ms", True, 0.01)
+    multi = _outcome.trial_outcome(_result("ok", latency_p99_ms=2.0, accuracy_drop=0.0), None, "latency_p99_ms",
+                                   True, 0.01)
     assert multi.values == [2.0, 0.0]
     no_metric = _outcome.trial_outcome(_result("ok", accuracy_drop=0.0), None, "throughput_ips", False, 0.01)
     assert no_metric.state == "FAIL" and "throughput_ips" in no_metric.attrs["reason"]
@@ -191,8 +197,9 @@ def test_best_is_the_best_feasible_trial_and_pareto_excludes_infeasible():
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for value, status, drop in [(100.0, "ok", 0.0), (300.0, "accuracy_violation", 0.2), (150.0, "ok", 0.005)]:
         trial = study.ask()
-        _outcome.tell(study, trial, _outcome.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop), None,
-                                               "throughput_ips", False, 0.01))
+        outcome = _outcome.trial_outcome(_result(status, throughput_ips=value, accuracy_drop=drop), None,
+                                         "throughput_ips", False, 0.01)
+        _outcome.tell(study, trial, outcome)
     trial = study.ask()
     _outcome.tell(study, trial, _outcome.trial_outcome(_result("skipped"), None, "throughput_ips", False, 0.01))
     best = study.best_trial  # Optuna's own: the infeasible 300.0 is never the best
@@ -275,7 +282,8 @@ def test_grid_sampler_needs_finite_values():
         trial = study.ask()
         values = _space.suggest(trial, params)
         seen.add((values["a"], values["b"]))
-        _outcome.tell(study, trial, _outcome.trial_outcome(_result("ok", throughput_ips=1.0), None, "throughput_ips", False, 0.01))
+        _outcome.tell(study, trial, _outcome.trial_outcome(_result("ok", throughput_ips=1.0), None, "throughput_ips",
+                                                           False, 0.01))
     assert seen == {(a, b) for a in (1, 2, 3) for b in ("x", "y")}
 
 
@@ -311,7 +319,8 @@ def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_pat
     study = load(f"sqlite:///{tmp_path}/optuna.db", "search")
     assert len(study.trials) == 8 and sorted(numbers_unique(study)) == list(range(8))
     states = {t.state.name for t in study.trials}
-    assert states <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+    assert states <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name, t.user_attrs.get("reason"))
+                                              for t in study.trials]
     for t in study.trials:  # skipped (engine=tf precision=int8) ⇔ pruned, with the reason
         assert (t.state.name == "PRUNED") == (t.user_attrs["status"] == "skipped")
         if t.state.name == "PRUNED":
@@ -456,7 +465,7 @@ def test_two_workers_share_one_postgres_study(tmp_path, pg_urls):
         procs.append(subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     study = load(storage, "shared")
     assert sorted(numbers_unique(study)) == list(range(2 * per_worker))

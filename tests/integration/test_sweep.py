@@ -83,28 +83,30 @@ def test_unknown_model_path_fails_in_one_line(sweep, tmp_path):
 
 
 def test_crashing_trial_is_failed_and_sweep_goes_on(sweep):
-    # every trial with trial.fault=crash aborts its worker; the others run in fresh workers
-    res = sweep("-m", "engine=tflite", "precision=fp32", "batch_size=1,2,4", "trial.fault=null,crash")
+    # every trial with data.seed=1 aborts its worker (a test-only fault); the others run in fresh workers
+    res = sweep("-m", "engine=tflite", "precision=fp32", "batch_size=1,2,4", "data.seed=0,1",
+                env={"TRTSWEEP_TEST_FAULT": "crash@data.seed=1"})
     assert res.returncode == 0, res.stderr[-3000:]
     _, children = sweep.runs()
     failed = [c for c in children if c.data.tags["status"] == "failed"]
     ok = [c for c in children if c.data.tags["status"] == "ok"]
     assert len(failed) == 3 and len(ok) == 3
     for c in failed:
-        assert c.info.status == "FAILED"
+        assert c.info.status == "FAILED" and c.data.params["data.seed"] == "1"
         assert "SIGABRT" in c.data.tags["reason"]
     for c in ok:
         assert c.data.metrics["throughput_ips"] > 0
 
 
 def test_hanging_trial_times_out(sweep):
-    res = sweep("-m", "engine=tflite", "precision=fp32", "trial.fault=hang,null", "trial.timeout_s=20")
+    res = sweep("-m", "engine=tflite", "precision=fp32", "data.seed=1,0", "trial.timeout_s=20",
+                env={"TRTSWEEP_TEST_FAULT": "hang@data.seed=1"})
     assert res.returncode == 0, res.stderr[-3000:]
     _, children = sweep.runs()
-    by_fault = {c.data.params["trial.fault"]: c for c in children}
-    assert by_fault["hang"].data.tags["status"] == "failed"
-    assert "timed out after 20 s" in by_fault["hang"].data.tags["reason"]
-    assert by_fault["null"].data.tags["status"] == "ok"
+    by_seed = {c.data.params["data.seed"]: c for c in children}
+    assert by_seed["1"].data.tags["status"] == "failed"
+    assert "timed out after 20 s" in by_seed["1"].data.tags["reason"]
+    assert by_seed["0"].data.tags["status"] == "ok"
 
 
 def test_interrupted_sweep_resumes_without_duplicates(sweep):
@@ -132,7 +134,7 @@ def test_interrupted_sweep_resumes_without_duplicates(sweep):
     keys = [c.data.tags["trtsweep.trial_key"] for c in children]
     assert len(keys) == 3 and len(set(keys)) == 3, keys
     assert all(c.data.tags["status"] == "ok" for c in children)
-    assert "(cached)" in res.stdout + res.stderr  # the finished trial was not measured again
+    assert "(cached, measured" in res.stdout + res.stderr  # the finished trial was not measured again
     df = pd.read_csv(sweep.results_csv())
     assert sorted(df.precision) == ["fp16", "fp32", "int8_dynamic"]
     rec = json.loads(next((sweep.cache / "results").glob(f"{first_key}.json")).read_text())
@@ -142,9 +144,9 @@ def test_interrupted_sweep_resumes_without_duplicates(sweep):
 def test_force_remeasures(sweep):
     assert sweep("engine=tflite").returncode == 0
     again = sweep("engine=tflite")
-    assert "(cached)" in again.stdout + again.stderr
+    assert "(cached, measured" in again.stdout + again.stderr  # the progress line of a result from the cache
     forced = sweep("engine=tflite", "force=true")
-    assert forced.returncode == 0 and "(cached)" not in forced.stdout + forced.stderr
+    assert forced.returncode == 0 and "(cached, measured" not in forced.stdout + forced.stderr
 
 
 def test_tftrt_trials_are_skipped_here_and_the_rest_runs(sweep):

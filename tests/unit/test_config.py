@@ -57,7 +57,8 @@ def test_unsupported_combination_is_a_skip_not_an_error():
     ("measure.repeats=0", "measure.repeats=0"),
     ("measure.trim=0.7", "measure.trim=0.7"),
     ("fidelity.max_accuracy_drop=2", "fidelity.max_accuracy_drop=2"),
-    ("trial.fault=explode", "trial.fault=explode"),
+    ("trial.timeout_s=0", "trial.timeout_s=0"),
+    ("+trial.fault=crash", "trial.fault is not a known setting"),  # test-only faults: TRTSWEEP_TEST_FAULT
     ("engine.num_threads=-2", "engine.num_threads=-2"),  # 0 (or -1) means "follow threads"
     ("threads=0", "threads=0"),
     ("measure.max_repeats=1", "measure.max_repeats=1"),
@@ -73,6 +74,21 @@ def test_invalid_values_fail_with_the_value_named(override, needle):
     msg = str(e.value)
     assert needle in msg, msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("measure.repeats=three", "measure.repeats='three' must be an integer; fix: measure.repeats=3"),
+    ("fidelity.max_accuracy_drop=high", "fidelity.max_accuracy_drop='high' must be a number; "
+                                        "fix: fidelity.max_accuracy_drop=0.01"),
+    ("measure.min_iters=null", "measure.min_iters must be set (got null); fix: measure.min_iters=50"),
+    ("engine.use_xnnpack=maybe", "engine.use_xnnpack='maybe' must be true or false (engine=tflite); "
+                                 "fix: engine.use_xnnpack=true"),
+    ("+measure.bogus=1", "measure.bogus is not a known setting; fix: use one of max_cv, max_repeats, min_iters"),
+])
+def test_one_validator_for_every_section_names_the_key_the_value_and_the_fix(override, message):
+    with pytest.raises(ConfigError) as e:
+        plan_trial(cfg("engine=tflite", override))
+    assert message in str(e.value), str(e.value)
 
 
 def test_unknown_engine_parameter_names_the_valid_ones():

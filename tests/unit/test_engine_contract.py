@@ -28,9 +28,9 @@ def digits_data(digits_model):
 
 @pytest.fixture(scope="module")
 def reference(digits_model, digits_data):
-    from trtsweep.engines.tf import TFRunner
+    from trtsweep.engines.tf import TFModel
 
-    r = TFRunner(digits_model, jit_compile=False)
+    r = TFModel(digits_model, jit_compile=False)
     return np.concatenate([r.run(r.prepare(b))[0] for b in batches(digits_data.evaluation, 32)])[:96]
 
 
@@ -73,12 +73,12 @@ class TestEngineContract:
             res = engine.convert(digits_model, precision, calib, out_dir, [1, 3])
             assert res.convert_time_s >= 0 and Path(res.artifact).exists()
             for bs in (1, 3):
-                runner = engine.load(Path(res.artifact), digits_model, precision, bs)
+                loaded = engine.load(Path(res.artifact), digits_model, precision, bs)
                 outs = []
                 for b in batches(digits_data.evaluation, bs):
-                    y = runner.to_float(runner.run(runner.prepare(b)))
+                    y = loaded.to_float(loaded.run(loaded.prepare(b)))
                     assert len(y) == len(digits_model.outputs) and y[0].shape == (bs, 10)
                     outs.append(y[0])
-                runner.close()
+                loaded.close()
                 agree = (np.concatenate(outs)[:96].argmax(1) == reference.argmax(1)).mean()
                 assert agree >= (0.999 if precision == "fp32" else 0.95), (name, precision, bs, agree)

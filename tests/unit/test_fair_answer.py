@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from trtsweep import confirm, cores, measure as measure_mod
+from trtsweep import confirm, cores
+from trtsweep import measure as measure_mod
 from trtsweep.app import job_config
 from trtsweep.config import MeasureConfig, mlflow_params, plan_trial
 from trtsweep.errors import ConfigError
+from trtsweep.results import TrialResult
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 THREAD_PARAMS = {"tf": ("intra_op_threads", "inter_op_threads"), "tflite": ("num_threads",),
@@ -107,7 +109,8 @@ def test_grid_parameter_no_swept_engine_has_names_the_engines_that_do():
     from hydra_plugins.trtsweep_sweepers.grid import engine_param_jobs
 
     with pytest.raises(ConfigError) as e:
-        engine_param_jobs([["engine=tf", "engine.intra_op_num_threads=1"], ["engine=tflite", "engine.intra_op_num_threads=1"]], "tflite")
+        engine_param_jobs([["engine=tf", "engine.intra_op_num_threads=1"],
+                           ["engine=tflite", "engine.intra_op_num_threads=1"]], "tflite")
     msg = str(e.value)
     assert "engine.intra_op_num_threads" in msg and "engines that have it: onnx" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="no engine has it"):
@@ -120,7 +123,7 @@ def test_library_version_change_invalidates_conversion_and_result(monkeypatch, t
 
     c = cfg("engine=onnx", f"cache_dir={tmp_path}")
     spec = plan_trial(c)
-    result = runner.TrialResult(spec.trial_key(), "ok", spec.to_dict(), metrics={"throughput_ips": 1.0})
+    result = TrialResult(spec.trial_key(), "ok", spec.to_dict(), metrics={"throughput_ips": 1.0})
     runner.save_result(result, spec.cache_dir)
     assert runner.load_cached(plan_trial(c)) is not None  # nothing changed: served
     real = config.library_versions

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from trtsweep import report
 from trtsweep.config import MeasureConfig
 from trtsweep.fidelity import compare
 from trtsweep.measure import measure
-from trtsweep import report
 
 
 def test_measure_honours_warmup_min_iters_min_time_and_repeats():
@@ -79,7 +79,8 @@ def test_speedup_best_and_pareto():
     sp = df.set_index(["engine", "precision", "batch_size"])["speedup_vs_tf_fp32"]
     assert sp[("tflite", "fp32", 1)] == pytest.approx(3.0) and sp[("tflite", "fp32", 8)] == pytest.approx(3.0)
     best = report.best_per_model(df)
-    assert set(zip(best.engine, best.precision, best.batch_size)) == {("tflite", "fp32", 1), ("tflite", "fp32", 8)}
+    best_configs = set(zip(best.engine, best.precision, best.batch_size, strict=True))
+    assert best_configs == {("tflite", "fp32", 1), ("tflite", "fp32", 8)}
     front = report.pareto_front(df[df.batch_size == 1])
     assert set(front.precision) == {"fp32", "int8"}  # fp16 is dominated by fp32 (same drop, slower)
     text = report.summary_text(df)

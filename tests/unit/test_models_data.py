@@ -64,14 +64,14 @@ def test_digits_data_has_labels_and_exact_counts(digits_model):
     ds = load(DataConfig(name="digits", calibration_samples=40, eval_samples=100), digits_model)
     assert ds.evaluation["image"].shape == (100, 8, 8, 1) and ds.labels.shape == (100,)
     assert ds.calibration["image"].shape == (40, 8, 8, 1)
-    assert 0 <= ds.evaluation["image"].min() and ds.evaluation["image"].max() <= 1
+    assert ds.evaluation["image"].min() >= 0 and ds.evaluation["image"].max() <= 1
     calib = calibration_data(ds, batch_size=1)
     assert len(calib) == 40 and calib.batches[0]["image"].shape == (1, 8, 8, 1)
     assert calib.batches[0]["image"].dtype == np.float32
 
 
 def test_sample_images_are_resized_and_scaled(tmp_path):
-    from trtsweep.engines.base import ModelInfo, TensorSpec
+    from trtsweep.types import ModelInfo, TensorSpec
 
     info = ModelInfo("m", "", "serving_default", [TensorSpec("img", (None, 64, 48, 3), "float32")],
                      [TensorSpec("o", (None, 5), "float32")], "x", input_range=(-1.0, 1.0))

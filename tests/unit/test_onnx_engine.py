@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from trtsweep.engines.base import CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
-from trtsweep.engines.onnx import OnnxConversionError, OnnxEngine, OnnxRunner, describe_onnx, match_names
+from trtsweep.engines.base import get_engine, make_params
+from trtsweep.engines.onnx import OnnxConversionError, OnnxEngine, OnnxModel, describe_onnx, match_names
 from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError, ModelError
+from trtsweep.types import CalibrationData, ModelInfo, TensorSpec
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("onnxruntime")
@@ -57,7 +58,10 @@ def saved_model(tmp_path_factory, digits) -> str:
 def _model_info(path: str, name: str = "digits_cnn") -> ModelInfo:
     sig = tf.saved_model.load(path).signatures["serving_default"]
     _, kwargs = sig.structured_input_signature
-    spec = lambda n, t: TensorSpec(n, tuple(t.shape.as_list()), t.dtype.name)  # noqa: E731
+
+    def spec(n, t):
+        return TensorSpec(n, tuple(t.shape.as_list()), t.dtype.name)
+
     return ModelInfo(
         name=name, path=path, signature_key="serving_default",
         inputs=[spec(n, t) for n, t in sorted(kwargs.items())],
@@ -89,8 +93,8 @@ def _engine(**overrides) -> OnnxEngine:
     return OnnxEngine(make_params(OnnxEngine, overrides))
 
 
-def _run_all(runner: OnnxRunner, name: str, x: np.ndarray, batch_size: int) -> np.ndarray:
-    outs = [runner.run(runner.prepare({name: x[i:i + batch_size]}))[0] for i in range(0, len(x), batch_size)]
+def _run_all(loaded: OnnxModel, name: str, x: np.ndarray, batch_size: int) -> np.ndarray:
+    outs = [loaded.run(loaded.prepare({name: x[i:i + batch_size]}))[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(outs)
 
 
@@ -200,34 +204,34 @@ def test_convert_load_run_matches_tensorflow(precision, model, reference, calibr
     name, x = model.inputs[0].name, digits[0][:EVAL]
     max_err, min_agree = THRESHOLDS[precision]
     for batch_size, artifact in ((1, tmp_path), (4, Path(result.artifact))):  # dir or file both load
-        runner = engine.load(artifact, model, precision, batch_size)
-        single = runner.run(runner.prepare({name: x[:batch_size]}))
+        loaded = engine.load(artifact, model, precision, batch_size)
+        single = loaded.run(loaded.prepare({name: x[:batch_size]}))
         assert len(single) == 1 and single[0].shape == (batch_size, 10) and single[0].dtype == np.float32
-        got = _run_all(runner, name, x, batch_size)
+        got = _run_all(loaded, name, x, batch_size)
         agreement = float(np.mean(got.argmax(1) == reference.argmax(1)))
         assert agreement >= min_agree, f"{precision} bs={batch_size}: top-1 agreement {agreement:.3f}"
         if max_err is not None:
             assert np.abs(got - reference).max() < max_err
-        described = runner.describe()
+        described = loaded.describe()
         assert described["providers"] == ["CPUExecutionProvider"]
         assert described["inputs"] == {name: name} and described["outputs"] == [model.outputs[0].name]
-        runner.close()
+        loaded.close()
 
 
 def test_runtime_params_reach_the_session(model, reference, digits, tmp_path):
     result = _engine().convert(model, "fp32", None, tmp_path)
     engine = _engine(intra_op_num_threads=1, inter_op_num_threads=1, graph_optimization_level="disable",
                      execution_mode="parallel")
-    runner = engine.load(Path(result.artifact), model, "fp32", 8)
-    assert runner.describe()["session_options"] == {
+    loaded = engine.load(Path(result.artifact), model, "fp32", 8)
+    assert loaded.describe()["session_options"] == {
         "intra_op_num_threads": 1, "inter_op_num_threads": 1, "graph_optimization_level": "disable",
         "execution_mode": "parallel", "provider": "cpu",
     }
     # float64 input and a non-contiguous view are accepted: prepare converts
     x = digits[0][:16].astype(np.float64)[::2]
-    np.testing.assert_allclose(runner.run(runner.prepare({model.inputs[0].name: x}))[0], reference[:16:2], atol=1e-4)
+    np.testing.assert_allclose(loaded.run(loaded.prepare({model.inputs[0].name: x}))[0], reference[:16:2], atol=1e-4)
     with pytest.raises(ModelError, match="no input"):
-        runner.prepare({"wrong": x})
+        loaded.prepare({"wrong": x})
 
 
 def test_int8_without_calibration_data_fails_clearly(model, tmp_path):
@@ -274,8 +278,8 @@ def test_fixed_input_shapes_pin_open_signature_dims(tmp_path):
     dims = onnx.load(result.artifact).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value or None for d in dims] == [None, 5, 6, 3] and dims[0].dim_param
     x = np.random.default_rng(0).random((2, 5, 6, 3), dtype=np.float32)
-    runner = _engine().load(Path(result.artifact), info, "fp32", 2)
-    np.testing.assert_allclose(runner.run(runner.prepare({"image": x}))[0], x.mean(axis=(1, 2)), atol=1e-6)
+    loaded = _engine().load(Path(result.artifact), info, "fp32", 2)
+    np.testing.assert_allclose(loaded.run(loaded.prepare({"image": x}))[0], x.mean(axis=(1, 2)), atol=1e-6)
     assert describe_onnx(onnx.load(result.artifact))["quantized_nodes"] == 0
 
 
@@ -295,9 +299,9 @@ def test_multiple_inputs_and_outputs_are_matched_by_name(tmp_path):
     assert result.report["outputs"] == ["diff", "sum"]  # tf2onnx keeps sorted output names
 
     info.outputs = info.outputs[::-1]  # whatever order the ModelInfo lists, run() follows it
-    runner = _engine().load(Path(result.artifact), info, "fp32", 2)
+    loaded = _engine().load(Path(result.artifact), info, "fp32", 2)
     b = np.arange(6, dtype=np.float32).reshape(2, 3)
     a = np.ones((2, 3), dtype=np.int64)  # wrong dtype on purpose: prepare casts to the graph's int32
-    total, diff = runner.run(runner.prepare({"a_in": a, "b_in": b}))
+    total, diff = loaded.run(loaded.prepare({"a_in": a, "b_in": b}))
     np.testing.assert_allclose(total, b + 1)
     np.testing.assert_allclose(diff, b - 1)

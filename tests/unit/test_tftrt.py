@@ -18,13 +18,13 @@ from omegaconf import OmegaConf
 from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
 
 from trtsweep.config import plan_trial
-from trtsweep.engines.base import Availability, CalibrationData, ModelInfo, TensorSpec, get_engine, make_params
+from trtsweep.engines.base import Availability, get_engine, make_params
 from trtsweep.engines.tftrt import (
     ENGINE,
     PROFILE_STRATEGIES,
     TFTRTEngine,
+    TFTRTModel,
     TFTRTParams,
-    TFTRTRunner,
     _resolve_saved_model,
     implicit_batch_reason,
 )
@@ -47,6 +47,7 @@ from trtsweep.engines.tftrt._probe import _probe_in_subprocess, availability_fro
 from trtsweep.entry import CONF_DIR
 from trtsweep.errors import ConfigError, EngineUnavailable, ModelError, TrtsweepError
 from trtsweep.gpu import gpu_facts, parse_cuda_version, parse_gpu_query
+from trtsweep.types import CalibrationData, ModelInfo, TensorSpec
 
 REPO = Path(__file__).resolve().parents[2]
 AVAILABILITY = TFTRTEngine.availability()
@@ -453,7 +454,7 @@ def test_calibration_input_fn_yields_the_configured_batches_with_signature_shape
     got = list(fn())
     assert len(got) == 5
     assert input_order(two_inputs) == ["ya", "zb"]
-    for item, batch in zip(got, calib.batches):
+    for item, batch in zip(got, calib.batches, strict=True):
         ya, zb = item
         assert ya.shape == (3, 3) and ya.dtype == np.int32
         assert zb.shape == (3, 4) and zb.dtype == np.float32
@@ -500,7 +501,7 @@ def test_build_input_fn_covers_every_timed_batch_size_and_max_batch_size(two_inp
     assert build_batch_sizes(params(), [4]) == (1, 4)
     got = list(build_input_fn(two_inputs, sizes)())
     assert [item[0].shape[0] for item in got] == [1, 8, 16]
-    for (ya, zb), bs in zip(got, sizes):
+    for (ya, zb), bs in zip(got, sizes, strict=True):
         assert ya.shape == (bs, 3) and ya.dtype == np.int32
         assert zb.shape == (bs, 4) and zb.dtype == np.float32
 
@@ -624,7 +625,8 @@ def test_report_warns_about_runtime_builds_with_dynamic_shapes_and_without_prebu
 
 def test_report_on_a_real_savedmodel_with_ops_tensorrt_cannot_take(unconvertible):
     loaded = tf.saved_model.load(unconvertible.path)
-    r = conversion_report(loaded.signatures["serving_default"].graph.as_graph_def(), params=params(), timed_batch_sizes=[1, 8])
+    graph = loaded.signatures["serving_default"].graph.as_graph_def()
+    r = conversion_report(graph, params=params(), timed_batch_sizes=[1, 8])
     assert r["trt_segments"] == 0
     assert r["trt_converted_fraction"] == 0.0
     assert r["nodes_in_trt"] == 0 and r["nodes_in_tf"] > 0
@@ -658,21 +660,18 @@ def test_log_warnings_catch_silent_fallbacks_and_build_oom():
 
 
 def test_known_tftrt_failures_are_reraised_with_the_hint_and_others_pass_through():
-    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes") as err:
-        with _hinted_errors():
-            raise RuntimeError("Internal Error (Could not find any implementation for node dense)")
+    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes") as err, _hinted_errors():
+        raise RuntimeError("Internal Error (Could not find any implementation for node dense)")
     assert isinstance(err.value.__cause__, RuntimeError) and "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="unrelated"):
-        with _hinted_errors():
-            raise ValueError("unrelated")
+    with pytest.raises(ValueError, match="unrelated"), _hinted_errors():
+        raise ValueError("unrelated")
 
 
 def test_a_generic_failure_gets_the_hint_from_the_native_build_log(tmp_path):
     log = tmp_path / "build.log"
     log.write_text("E ... [optimizer.cpp] Error Code 10: Internal Error (Could not find any implementation for node x)")
-    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes"):
-        with _hinted_errors(log):
-            raise RuntimeError("Failed to build TensorRT engine")
+    with pytest.raises(TrtsweepError, match="engine.max_workspace_size_bytes"), _hinted_errors(log):
+        raise RuntimeError("Failed to build TensorRT engine")
 
 
 def test_native_log_capture_records_fd2_and_restores_it(tmp_path):
@@ -685,29 +684,29 @@ def test_native_log_capture_records_fd2_and_restores_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# runner (TF-TRT saves a plain SavedModel; the runner code is the same with or without TRTEngineOps)
+# loaded model (TF-TRT saves a plain SavedModel; the loading code is the same with or without TRTEngineOps)
 
 
-def test_runner_returns_host_outputs_in_the_models_declared_order(unconvertible, tmp_path):
+def test_loaded_model_returns_host_outputs_in_the_models_declared_order(unconvertible, tmp_path):
     assert _resolve_saved_model(Path(unconvertible.path)) == Path(unconvertible.path)
     with pytest.raises(ModelError, match="no TF-TRT SavedModel"):
         _resolve_saved_model(tmp_path)
-    runner = TFTRTRunner(Path(unconvertible.path), unconvertible, batch_size=2)
+    loaded = TFTRTModel(Path(unconvertible.path), unconvertible, batch_size=2)
     x = np.array([[1, 2, 3, 4], [0.5, 1, 1.5, 2]], np.float32)
-    prepared = runner.prepare({"x": x.astype(np.float64)})  # cast to the signature dtype outside timing
+    prepared = loaded.prepare({"x": x.astype(np.float64)})  # cast to the signature dtype outside timing
     assert prepared["x"].dtype == tf.float32
-    n, y = runner.run(prepared)  # model.outputs order: n, then y
+    n, y = loaded.run(prepared)  # model.outputs order: n, then y
     assert isinstance(n, np.ndarray) and n.dtype == np.int32 and n.shape == (2, 4)
     np.testing.assert_allclose(y, tf.math.lgamma(np.abs(x) + 1).numpy(), rtol=1e-6)
-    described = runner.describe()
+    described = loaded.describe()
     assert described["trt_segments"] == 0 and described["trt_converted_fraction"] == 0.0
     assert "Lgamma" in described["ops_in_tf"] and described["batch_size"] == 2
 
 
-def test_runner_rejects_a_missing_signature(unconvertible):
+def test_loaded_model_rejects_a_missing_signature(unconvertible):
     wrong = dataclasses.replace(unconvertible, signature_key="predict")
     with pytest.raises(ModelError, match="no signature 'predict'"):
-        TFTRTRunner(Path(unconvertible.path), wrong, batch_size=1)
+        TFTRTModel(Path(unconvertible.path), wrong, batch_size=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,7 +726,8 @@ def test_gpu_facts_never_raises_and_is_fast_without_nvidia_smi():
 
 
 def test_gpu_query_and_banner_parsing():
-    facts = parse_gpu_query("NVIDIA A100-SXM4-40GB, 550.54.15, 1024, 40960\nNVIDIA A100-SXM4-40GB, 550.54.15, 3, 40960\n")
+    facts = parse_gpu_query("NVIDIA A100-SXM4-40GB, 550.54.15, 1024, 40960\nNVIDIA A100-SXM4-40GB, 550.54.15, 3, "
+                            "40960\n")
     assert facts == {"gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_driver": "550.54.15", "gpu_count": 2,
                      "gpu_memory_used_mb": 1024, "gpu_memory_total_mb": 40960}
     assert parse_gpu_query("Tesla T4, 535.1, [N/A], [N/A]")["gpu_name"] == "Tesla T4"
@@ -750,7 +750,8 @@ def _gpu_params(**overrides) -> TFTRTParams:
 
 def _native(model: ModelInfo, batch: dict) -> np.ndarray:
     loaded = tf.saved_model.load(model.path)
-    return loaded.signatures[model.signature_key](**{k: tf.constant(v) for k, v in batch.items()})[model.outputs[0].name].numpy()
+    outputs = loaded.signatures[model.signature_key](**{k: tf.constant(v) for k, v in batch.items()})
+    return outputs[model.outputs[0].name].numpy()
 
 
 @pytest.mark.gpu
@@ -769,8 +770,8 @@ def test_real_conversion_load_and_run(tiny_convnet, tmp_path, precision, toleran
     assert not any("no TensorRT segment" in w for w in result.report["warnings"])
 
     batch = _calibration(tiny_convnet, batches=1, batch_size=4, seed=1).batches[0]
-    runner = eng.load(Path(result.artifact), tiny_convnet, precision, 4)
-    (out,) = runner.run(runner.prepare(batch))
+    loaded = eng.load(Path(result.artifact), tiny_convnet, precision, 4)
+    (out,) = loaded.run(loaded.prepare(batch))
     ref = _native(tiny_convnet, batch)
     assert out.shape == ref.shape == (4, 10)
     if tolerance is not None:
@@ -778,7 +779,7 @@ def test_real_conversion_load_and_run(tiny_convnet, tmp_path, precision, toleran
     else:  # int8: close in direction, not in every digit
         cos = float(np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref)))
         assert cos > 0.95, cos
-    described = runner.describe()
+    described = loaded.describe()
     assert described["trt_segments"] >= 1 and described["device"].endswith("GPU:0")
     assert described["gpu"].get("gpu_name")
 
@@ -790,7 +791,7 @@ def test_real_conversion_with_dynamic_shapes_runs_every_built_batch_size(tiny_co
     result = eng.convert(tiny_convnet, "fp16", None, tmp_path / "out", batch_sizes=(1, 2, 8))
     assert result.metrics["trt_segments"] >= 1, result.report
     for bs in (1, 2, 8):
-        runner = eng.load(Path(result.artifact), tiny_convnet, "fp16", bs)
+        loaded = eng.load(Path(result.artifact), tiny_convnet, "fp16", bs)
         batch = _calibration(tiny_convnet, batches=1, batch_size=bs, seed=bs).batches[0]
-        (out,) = runner.run(runner.prepare(batch))
+        (out,) = loaded.run(loaded.prepare(batch))
         np.testing.assert_allclose(out, _native(tiny_convnet, batch), atol=5e-2, rtol=5e-2)

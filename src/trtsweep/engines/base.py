@@ -11,9 +11,9 @@ Lifecycle inside a trial worker::
     reason = Engine.unsupported(precision, params)   # None, or why the plan skips it
     eng = Engine(params)
     result = eng.convert(model, precision, calib, out_dir)   # artifact on disk + report
-    runner = eng.load(result.artifact, model, precision, batch_size)  # fully built here
-    prepared = runner.prepare(inputs)          # outside the timed loop
-    outputs = runner.run(prepared)             # the only thing inside the timed loop
+    loaded = eng.load(result.artifact, model, precision, batch_size)  # a LoadedModel, fully built here
+    prepared = loaded.prepare(inputs)          # outside the timed loop
+    outputs = loaded.run(prepared)             # the only thing inside the timed loop
 """
 
 from __future__ import annotations
@@ -21,86 +21,21 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
-from trtsweep.errors import ConfigError
+from trtsweep.errors import ConfigError, ModelError
+from trtsweep.types import Batch, CalibrationData, ModelInfo
+from trtsweep.validation import typed
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8_dynamic")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a model signature. ``shape`` uses ``None`` for dynamic dims."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def concrete(self, batch_size: int) -> tuple[int, ...]:
-        """Shape with the batch dimension set; raises if another dim is still unknown."""
-        dims = list(self.shape)
-        if dims and dims[0] is None:
-            dims[0] = batch_size
-        if any(d is None for d in dims):
-            raise ConfigError(
-                f"input '{self.name}' has an unknown dimension {self.shape}; "
-                f"fix: set +model.input_shapes.{self.name}=[...] with every non-batch dimension"
-            )
-        return tuple(int(d) for d in dims)  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @staticmethod
-    def from_dict(d: Mapping) -> "TensorSpec":
-        return TensorSpec(d["name"], tuple(d["shape"]), d["dtype"])
-
-
-@dataclass
-class ModelInfo:
-    """A resolved model: a SavedModel on disk and its serving signature."""
-
-    name: str
-    path: str
-    signature_key: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    fingerprint: str
-    input_range: tuple[float, float] | None = None
-    num_classes: int | None = None
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["inputs"] = [t.to_dict() for t in self.inputs]
-        d["outputs"] = [t.to_dict() for t in self.outputs]
-        return d
-
-    @staticmethod
-    def from_dict(d: Mapping) -> "ModelInfo":
-        d = dict(d)
-        d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
-        d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
-        if d.get("input_range") is not None:
-            d["input_range"] = tuple(d["input_range"])
-        return ModelInfo(**d)
-
-
-Batch = dict  # input name -> np.ndarray
-
-
-@dataclass
-class CalibrationData:
-    """Representative batches for INT8 calibration, shaped from the model signature."""
-
-    batches: list[Batch]
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 @dataclass
@@ -112,7 +47,59 @@ class ConversionResult:
     metrics: dict = field(default_factory=dict)  # engine-specific metrics, e.g. trt_segments
 
 
-class Runner(ABC):
+def require_calibration(engine: str, precision: str, calibration: CalibrationData | int | None) -> None:
+    """The one check that a conversion which needs calibration has samples: at planning time their
+    number (``data.calibration_samples``), in ``convert`` the data itself."""
+    count = calibration if isinstance(calibration, int) else len(calibration or ())
+    if count == 0:
+        raise ConfigError(f"precision={precision} with engine={engine} needs calibration data; "
+                          f"fix: data.calibration_samples=128")
+
+
+class CalibrationTimer:
+    """Seconds of calibration inside a conversion (reported apart from the conversion time), however the
+    converter runs it: around a block (``with timer:``), or from the first item a converter pulls from
+    a calibration generator (:meth:`wrap`) to its exhaustion, or to :meth:`stop` when the converter
+    keeps calibrating after the last pull."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+    def __enter__(self) -> CalibrationTimer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def wrap(self, generator_fn: Callable[[], Iterator[Any]], stop_when_exhausted: bool = True
+             ) -> Callable[[], Iterator[Any]]:
+        def timed() -> Iterator[Any]:
+            self.start()
+            try:
+                yield from generator_fn()
+            finally:
+                if stop_when_exhausted:
+                    self.stop()
+
+        return timed
+
+    def split(self, total_s: float) -> tuple[float, float]:
+        """(conversion, calibration) seconds of a conversion that took ``total_s`` in all."""
+        return max(total_s - self.seconds, 0.0), self.seconds
+
+
+class LoadedModel(ABC):
     """A loaded, fully built model at a fixed batch size."""
 
     @abstractmethod
@@ -131,7 +118,7 @@ class Runner(ABC):
         """What actually runs (ops, delegates, providers...), logged with the trial."""
         return {}
 
-    def close(self) -> None:  # pragma: no cover - default no-op
+    def close(self) -> None:  # noqa: B027 - optional hook (releases what ``load`` holds); default: nothing
         pass
 
 
@@ -158,6 +145,8 @@ class Engine(ABC):
     #: thread-count parameters that follow the top-level ``threads`` (the core budget) when left at
     #: their "auto" value (0, or -1 for LiteRT's old default); the first is the one ``threads`` names
     thread_params: ClassVar[tuple[str, ...]] = ()
+    #: the "auto" values of a thread parameter (follow ``threads``)
+    auto_threads: ClassVar[tuple[int, ...]] = (0,)
     #: packages whose versions identify this engine's artifacts and results (``a|b``: either one)
     libraries: ClassVar[tuple[str, ...]] = ("tensorflow|tensorflow-cpu",)
 
@@ -174,12 +163,12 @@ class Engine(ABC):
         """Everything ``trtsweep doctor`` should print (may be slower than ``availability``)."""
         return dict(cls.availability().details)
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook: an engine without checks of its own keeps this one
     def validate(cls, params: Any) -> None:
         """Raise ConfigError naming the field and the fix for an invalid value."""
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
+    def unsupported(cls, precision: str, params: Any) -> str | None:
         """Why this combination cannot run (the plan skips it), or None."""
         if precision not in cls.precisions:
             return (
@@ -187,6 +176,15 @@ class Engine(ABC):
                 f"(supported: {', '.join(cls.precisions)})"
             )
         return None
+
+    @classmethod
+    def check_threads(cls, params: Any) -> None:
+        """Every thread parameter is a count (≥ 1) or an auto value (follow ``threads``)."""
+        for name in cls.thread_params:
+            value = getattr(params, name)
+            if value < 1 and value not in cls.auto_threads:
+                raise ConfigError(f"engine.{name}={value} must be ≥ 1, or 0 to follow `threads`; "
+                                  f"fix: engine.{name}=0")
 
     @classmethod
     def resolve_threads(cls, params: Any, threads: int, explicit: bool) -> int:
@@ -229,6 +227,11 @@ class Engine(ABC):
         """Batch size of the calibration batches handed to ``convert`` (1: per-sample statistics)."""
         return 1
 
+    @classmethod
+    def require_calibration(cls, precision: str, calibration: CalibrationData | int | None) -> None:
+        """Planning: ``data.calibration_samples`` > 0; ``convert``: calibration data with batches."""
+        require_calibration(cls.name, precision, calibration)
+
     # ---- work (inside the trial worker) ----
     @abstractmethod
     def convert(
@@ -242,7 +245,7 @@ class Engine(ABC):
         """Convert ``model`` into ``out_dir`` (a fresh, empty directory)."""
 
     @abstractmethod
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         """Load and fully build the converted model for ``batch_size``."""
 
 
@@ -270,32 +273,45 @@ def engine_param_names(name: str) -> set[str]:
 
 
 def make_params(engine: type[Engine], values: Mapping[str, Any]) -> Any:
-    """Build the engine's typed params from config values; unknown or mistyped keys fail clearly."""
-    values = {k: v for k, v in values.items() if k != "name"}
-    known = {f.name: f for f in dataclasses.fields(engine.Params)}
-    for k in values:
-        if k not in known:
-            raise ConfigError(
-                f"engine.{k} is not a parameter of engine={engine.name}; "
-                f"fix: use one of {', '.join(sorted(known)) or '(none)'}"
-            )
-    try:
-        params = engine.Params(**values)
-    except TypeError as e:  # pragma: no cover - dataclass signature mismatch
-        raise ConfigError(f"engine={engine.name}: {e}") from None
-    for f in dataclasses.fields(params):
-        _check_type(engine.name, f, getattr(params, f.name))
+    """The engine's typed params from config values (``engine.<name>``): unknown or mistyped keys fail
+    clearly (:func:`trtsweep.validation.typed`), then the thread counts, then the engine's own checks
+    (``Engine.validate``)."""
+    params = typed(engine.Params, {k: v for k, v in values.items() if k != "name"}, "engine",
+                   owner=f"engine={engine.name}")
+    engine.check_threads(params)
     engine.validate(params)
     return params
 
 
-def _check_type(engine: str, f: dataclasses.Field, value: Any) -> None:
-    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    want: Callable[[Any], bool] | None = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-    }.get(typ)
-    if want is not None and not want(value):
-        raise ConfigError(f"engine.{f.name}={value!r} must be of type {typ} (engine={engine})")
+# ---- helpers shared by engines ----
+
+def _normalize(name: str) -> str:
+    """'serving_default_input_1:0' and 'input_1' compare equal after this."""
+    name = name.split(":")[0]
+    name = re.sub(r"^serving_default_", "", name)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def match_names(wanted: Sequence[str], available: Sequence[str], kind: str) -> dict[str, str]:
+    """Map signature names to a converted model's names (ONNX graph, LiteRT interpreter): exact, then
+    normalized, then by position for the rest (in the order of ``available``)."""
+    mapping: dict[str, str] = {}
+    free = list(available)
+    for name in wanted:
+        if name in free:
+            mapping[name] = name
+            free.remove(name)
+    for name in [w for w in wanted if w not in mapping]:
+        hits = [a for a in free if _normalize(a) == _normalize(name)]
+        if len(hits) == 1:
+            mapping[name] = hits[0]
+            free.remove(hits[0])
+    rest = [w for w in wanted if w not in mapping]
+    if rest and len(rest) == len(free):
+        mapping.update(zip(rest, free, strict=True))
+    elif rest:
+        raise ModelError(
+            f"cannot match signature {kind}s {rest} to the converted model's {kind}s {list(available)}; "
+            f"fix: check model.signature_key or re-export the SavedModel with named {kind}s"
+        )
+    return mapping

@@ -10,9 +10,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import (CalibrationData, ConversionResult, Engine, ModelInfo, Runner,
-                                   param_stage)
-from trtsweep.errors import ConfigError
+from trtsweep.engines.base import ConversionResult, Engine, LoadedModel, param_stage
+from trtsweep.types import CalibrationData, ModelInfo
 
 
 @dataclass
@@ -22,7 +21,7 @@ class TFParams:
     inter_op_threads: int = field(default=0, metadata=param_stage("runtime"))  # 0 = follow `threads`
 
 
-class TFRunner(Runner):
+class TFModel(LoadedModel):
     def __init__(self, model: ModelInfo, jit_compile: bool):
         import tensorflow as tf
 
@@ -41,8 +40,9 @@ class TFRunner(Runner):
         return [out[n].numpy() for n in self._out_names]
 
     def describe(self) -> dict:
-        return {"jit_compile": self._jit, "intra_op_threads": self._tf.config.threading.get_intra_op_parallelism_threads(),
-                "inter_op_threads": self._tf.config.threading.get_inter_op_parallelism_threads()}
+        threading = self._tf.config.threading
+        return {"jit_compile": self._jit, "intra_op_threads": threading.get_intra_op_parallelism_threads(),
+                "inter_op_threads": threading.get_inter_op_parallelism_threads()}
 
 
 class TFEngine(Engine):
@@ -52,13 +52,7 @@ class TFEngine(Engine):
     thread_params = ("intra_op_threads", "inter_op_threads")
 
     @classmethod
-    def validate(cls, params: TFParams) -> None:
-        for f in ("intra_op_threads", "inter_op_threads"):
-            if getattr(params, f) < 0:
-                raise ConfigError(f"engine.{f}={getattr(params, f)} must be ≥ 0 (0 = follow `threads`); fix: engine.{f}=0")
-
-    @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
+    def unsupported(cls, precision: str, params: Any) -> str | None:
         if precision != "fp32":
             return (f"engine=tf runs the SavedModel as it is (fp32); precision={precision} needs a converting "
                     f"engine (tflite, onnx, tftrt)")
@@ -81,8 +75,8 @@ class TFEngine(Engine):
                                 report={"converted": "native TensorFlow, no conversion"},
                                 metrics={"converted_fraction": 1.0})
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
-        return TFRunner(model, self.params.jit_compile)
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
+        return TFModel(model, self.params.jit_compile)
 
 
 ENGINE = TFEngine

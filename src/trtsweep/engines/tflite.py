@@ -19,9 +19,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from trtsweep.engines.base import (Availability, CalibrationData, ConversionResult, Engine, ModelInfo,
-                                   Runner, param_stage)
-from trtsweep.errors import ConfigError, TrtsweepError
+from trtsweep.engines.base import (
+    Availability,
+    CalibrationTimer,
+    ConversionResult,
+    Engine,
+    LoadedModel,
+    match_names,
+    param_stage,
+)
+from trtsweep.errors import TrtsweepError, one_line
+from trtsweep.types import CalibrationData, ModelInfo
 
 
 @dataclass
@@ -39,7 +47,7 @@ def _interpreter_cls():
 
 
 def ops_report(interpreter) -> dict:
-    ops = [o["op_name"] for o in interpreter._get_ops_details()]  # noqa: SLF001 - only public op listing
+    ops = [o["op_name"] for o in interpreter._get_ops_details()]  # LiteRT's only op listing (private API)
     counts = Counter(ops)
     flex = {k: v for k, v in counts.items() if k.startswith("Flex")}
     custom = {k: v for k, v in counts.items() if k == "CUSTOM" or k.startswith("Custom")}
@@ -56,7 +64,7 @@ def ops_report(interpreter) -> dict:
     }
 
 
-class TFLiteRunner(Runner):
+class TFLiteModel(LoadedModel):
     def __init__(self, path: Path, model: ModelInfo, batch_size: int, params: TFLiteParams):
         Interpreter = _interpreter_cls()
         if params.num_threads <= 0:  # not resolved by the plan (a direct caller): the core budget
@@ -76,9 +84,11 @@ class TFLiteRunner(Runner):
                 f"({self.report['converted_fraction']:.0%} of ops converted) and this LiteRT build has no Flex "
                 f"delegate to run them; fix: engine=tf or engine=onnx for this model, or a LiteRT build with Flex"
             )
-        details = {d["name"]: d for d in it.get_input_details()}
+        details = it.get_input_details()
+        if len(details) != len(model.inputs):
+            raise TrtsweepError(f"converted model has {len(details)} inputs, the signature {len(model.inputs)}")
         self._inputs = []
-        for spec, d in zip(model.inputs, _match_inputs(model, list(details.values()))):
+        for spec, d in zip(model.inputs, _match(model.inputs, details, "input"), strict=True):
             shape = spec.concrete(batch_size)
             if tuple(d["shape"]) != shape:
                 it.resize_tensor_input(d["index"], list(shape), strict=False)
@@ -88,7 +98,8 @@ class TFLiteRunner(Runner):
         self._in_quant = {idx: in_details[idx].get("quantization", (0.0, 0)) for _, idx in self._inputs}
         self._in_dtype = {idx: in_details[idx]["dtype"] for _, idx in self._inputs}
         outs = it.get_output_details()
-        self._outputs = [(d["index"], d.get("quantization", (0.0, 0)), d["dtype"]) for d in _match_outputs(model, outs)]
+        self._outputs = [(d["index"], d.get("quantization", (0.0, 0)), d["dtype"])
+                         for d in _match(model.outputs, outs, "output")]
         self._set, self._invoke, self._get = it.set_tensor, it.invoke, it.get_tensor
         self.params = params
 
@@ -112,7 +123,7 @@ class TFLiteRunner(Runner):
 
     def to_float(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         res = []
-        for y, (_, (scale, zero), dtype) in zip(outputs, self._outputs):
+        for y, (_, (scale, zero), dtype) in zip(outputs, self._outputs, strict=True):
             if np.dtype(dtype) in (np.int8, np.uint8) and scale:
                 y = (y.astype(np.float32) - zero) * scale
             res.append(y)
@@ -123,29 +134,14 @@ class TFLiteRunner(Runner):
                 "interpreter": "ai_edge_litert", **self.report}
 
 
-def _match_inputs(model: ModelInfo, details: list[dict]) -> list[dict]:
-    """Interpreter inputs in the order of ``model.inputs`` (by name where possible, else by order)."""
-    if len(details) != len(model.inputs):
-        raise TrtsweepError(f"converted model has {len(details)} inputs, the signature {len(model.inputs)}")
-    by_name = {}
-    for d in details:
-        for spec in model.inputs:
-            if spec.name in d["name"]:
-                by_name.setdefault(spec.name, d)
-    if len(by_name) == len(model.inputs):
-        return [by_name[s.name] for s in model.inputs]
-    return details
-
-
-def _match_outputs(model: ModelInfo, details: list[dict]) -> list[dict]:
-    by_name = {}
-    for d in details:
-        for spec in model.outputs:
-            if spec.name in d["name"]:
-                by_name.setdefault(spec.name, d)
-    if len(by_name) == len(model.outputs) == len(details):
-        return [by_name[s.name] for s in model.outputs]
-    return sorted(details, key=lambda d: d["name"])
+def _match(specs: list, details: list[dict], kind: str) -> list[dict]:
+    """The interpreter's inputs or outputs in the order of the signature's ``specs``: by name (LiteRT
+    names inputs ``serving_default_<name>:0``), else by position — inputs in the interpreter's order,
+    outputs (named ``StatefulPartitionedCall:<n>``) in name order, as the signature's are."""
+    by_name = {d["name"]: d for d in details}
+    available = list(by_name) if kind == "input" else sorted(by_name)
+    names = match_names([t.name for t in specs], available, kind)
+    return [by_name[names[t.name]] for t in specs]
 
 
 class TFLiteEngine(Engine):
@@ -153,6 +149,7 @@ class TFLiteEngine(Engine):
     precisions = ("fp32", "fp16", "int8", "int8_dynamic")
     Params = TFLiteParams
     thread_params = ("num_threads",)
+    auto_threads = (0, -1)  # -1: LiteRT's own default
     libraries = ("tensorflow|tensorflow-cpu", "ai-edge-litert")
 
     @classmethod
@@ -162,18 +159,12 @@ class TFLiteEngine(Engine):
 
             _interpreter_cls()
             return Availability(True, details={"ai-edge-litert": version("ai-edge-litert")})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a broken install is "unavailable" (with why), not a crash
             return Availability(False, f"ai-edge-litert is not importable ({e}); fix: pip install ai-edge-litert")
 
     @classmethod
-    def validate(cls, params: TFLiteParams) -> None:
-        if params.num_threads < -1:
-            raise ConfigError(f"engine.num_threads={params.num_threads} must be ≥ 1, or 0 to follow `threads`; "
-                              f"fix: engine.num_threads=1")
-
-    @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
-        reason = super().unsupported(precision, params, model)
+    def unsupported(cls, precision: str, params: Any) -> str | None:
+        reason = super().unsupported(precision, params)
         if reason is None and params.int8_io and precision != "int8":
             return f"engine.int8_io=true only applies to precision=int8 (full integer), not {precision}"
         return reason
@@ -184,25 +175,25 @@ class TFLiteEngine(Engine):
 
         conv = tf.lite.TFLiteConverter.from_saved_model(model.path, signature_keys=[model.signature_key])
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        span = [0.0]
+        calibration_timer = CalibrationTimer()
         if precision == "fp16":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.target_spec.supported_types = [tf.float16]
         elif precision == "int8_dynamic":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         elif precision == "int8":
-            if calibration is None or len(calibration) == 0:
-                raise ConfigError("precision=int8 needs calibration data; fix: data.calibration_samples=128")
+            self.require_calibration(precision, calibration)
+            assert calibration is not None
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             names = [s.name for s in model.inputs]
             batches = calibration.batches
 
-            def representative():  # calibration (and quantization) starts with the first sample pulled
-                span[0] = span[0] or time.perf_counter()
+            def representative():
                 for b in batches:
                     yield {n: b[n] for n in names}
 
-            conv.representative_dataset = representative
+            # calibration (and quantization) starts with the first sample pulled and ends with convert()
+            conv.representative_dataset = calibration_timer.wrap(representative, stop_when_exhausted=False)
             ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if self.params.int8_io:
                 conv.inference_input_type = tf.int8
@@ -213,21 +204,20 @@ class TFLiteEngine(Engine):
         t0 = time.perf_counter()
         try:
             flat = conv.convert()
-        except Exception as e:  # converter errors are long MLIR dumps: keep the gist
+        except Exception as e:
             raise TrtsweepError(f"TFLite conversion failed: {_converter_gist(e)}") from e
-        t_end = time.perf_counter()
-        total = t_end - t0
-        calibrate_s = t_end - span[0] if span[0] else 0.0
+        calibration_timer.stop()
+        convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)
         path = out_dir / "model.tflite"
         path.write_bytes(flat)
         it = _interpreter_cls()(model_content=flat)
         report = ops_report(it)
         report["precision"] = precision
-        return ConversionResult(artifact=str(path), convert_time_s=total - calibrate_s, calibrate_time_s=calibrate_s,
+        return ConversionResult(artifact=str(path), convert_time_s=convert_s, calibrate_time_s=calibrate_s,
                                 report=report, metrics={"converted_fraction": report["converted_fraction"]})
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
-        return TFLiteRunner(Path(artifact), model, batch_size, self.params)
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
+        return TFLiteModel(Path(artifact), model, batch_size, self.params)
 
 
 def _converter_gist(e: Exception) -> str:
@@ -235,7 +225,7 @@ def _converter_gist(e: Exception) -> str:
     for line in text.splitlines():
         if "error:" in line and ("op" in line or "not supported" in line):
             return line.split("error:", 1)[1].strip()[:300]
-    return (text.splitlines() or [type(e).__name__])[0][:300]
+    return one_line(e, 300, with_type=False)
 
 
 ENGINE = TFLiteEngine

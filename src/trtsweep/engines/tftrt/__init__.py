@@ -14,7 +14,7 @@ where there is no NVIDIA driver; elsewhere it probes TensorFlow in a child proce
 has imported it already), so planning a sweep stays TF-free and a TensorRT library that crashes when
 loaded cannot take the planner down with it.
 
-This package holds the parameters, the runner and the engine; the private modules hold one idea each
+This package holds the parameters, the loaded model and the engine; the private modules hold one idea each
 and never import this package at run time:
 
 - ``_api``: the keyword arguments of each TF-TRT call, checked against the installed signatures;
@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import Availability, Batch, CalibrationData, ConversionResult, Engine, ModelInfo, Runner
+from trtsweep.engines.base import Availability, CalibrationTimer, ConversionResult, Engine, LoadedModel
 from trtsweep.engines.tftrt._api import (
     API_BUILD,
     API_CONVERT,
@@ -45,11 +46,16 @@ from trtsweep.engines.tftrt._api import (
     check_installed_api,
     trt_call_kwargs,
 )
-from trtsweep.engines.tftrt._diagnostics import BUILD_LOG, _capture_native_log, _hinted_errors, log_warnings, trt_error_hint
+from trtsweep.engines.tftrt._diagnostics import (
+    BUILD_LOG,
+    _capture_native_log,
+    _hinted_errors,
+    log_warnings,
+    trt_error_hint,
+)
 from trtsweep.engines.tftrt._graph_report import conversion_report
 from trtsweep.engines.tftrt._inputs import (
     _np_dtype,
-    _SpanTimer,
     build_batch_sizes,
     build_input_fn,
     calibration_input_fn,
@@ -64,6 +70,7 @@ from trtsweep.engines.tftrt._probe import (
     probe_tensorflow,
 )
 from trtsweep.errors import ConfigError, ModelError
+from trtsweep.types import Batch, CalibrationData, ModelInfo
 
 SAVED_MODEL_DIR = "saved_model"
 
@@ -106,7 +113,8 @@ def validate_params(p: TFTRTParams) -> None:
                           f"(max {MAX_WORKSPACE_BYTES}); fix: engine.max_workspace_size_bytes=4294967296")
     if p.minimum_segment_size < 1:
         raise ConfigError(f"engine.minimum_segment_size={p.minimum_segment_size} must be ≥ 1 (TF-TRT's -1 disables "
-                          f"conversion of the main graph, which leaves nothing to measure); fix: engine.minimum_segment_size=3")
+                          f"conversion of the main graph, which leaves nothing to measure); "
+                          f"fix: engine.minimum_segment_size=3")
     if p.max_batch_size < 1:
         raise ConfigError(f"engine.max_batch_size={p.max_batch_size} must be ≥ 1; fix: engine.max_batch_size=1 "
                           f"(engines are built for every swept batch_size anyway)")
@@ -120,14 +128,15 @@ def validate_params(p: TFTRTParams) -> None:
         raise ConfigError(f"engine.dynamic_shape_profile_strategy={strategy!r} is unknown; fix: "
                           f"engine.dynamic_shape_profile_strategy={fix} (one of {', '.join(PROFILE_STRATEGIES)})")
     if strategy != DEFAULT_PROFILE_STRATEGY and not p.use_dynamic_shape:
-        raise ConfigError(f"engine.dynamic_shape_profile_strategy={strategy} only applies with engine.use_dynamic_shape=true; "
-                          f"fix: engine.use_dynamic_shape=true or engine.dynamic_shape_profile_strategy={DEFAULT_PROFILE_STRATEGY}")
+        raise ConfigError(f"engine.dynamic_shape_profile_strategy={strategy} only applies with "
+                          f"engine.use_dynamic_shape=true; fix: engine.use_dynamic_shape=true or "
+                          f"engine.dynamic_shape_profile_strategy={DEFAULT_PROFILE_STRATEGY}")
     if p.use_dynamic_shape and not p.build_engines:
         raise ConfigError("engine.use_dynamic_shape=true needs engine.build_engines=true: TF-TRT collects the "
                           "optimization profiles in converter.build(); fix: engine.build_engines=true")
     if not p.build_engines and not p.allow_build_at_runtime:
-        raise ConfigError("engine.build_engines=false with engine.allow_build_at_runtime=false leaves every TRTEngineOp "
-                          "without an engine, so the model would run entirely in TensorFlow; "
+        raise ConfigError("engine.build_engines=false with engine.allow_build_at_runtime=false leaves every "
+                          "TRTEngineOp without an engine, so the model would run entirely in TensorFlow; "
                           "fix: engine.build_engines=true")
 
 
@@ -152,10 +161,8 @@ def _allow_gpu_memory_growth() -> None:
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        with suppress(RuntimeError, ValueError):  # GPUs already initialised in this process: leave as is
             tf.config.experimental.set_memory_growth(gpu, True)
-        except (RuntimeError, ValueError):  # GPUs already initialised in this process: leave as is
-            pass
 
 
 def _resolve_saved_model(artifact: Path) -> Path:
@@ -164,14 +171,15 @@ def _resolve_saved_model(artifact: Path) -> Path:
         return artifact / SAVED_MODEL_DIR
     if (artifact / "saved_model.pb").exists():
         return artifact
-    raise ModelError(f"{artifact} holds no TF-TRT SavedModel (no saved_model.pb); re-run the conversion with force=true")
+    raise ModelError(f"{artifact} holds no TF-TRT SavedModel (no saved_model.pb); re-run the conversion with "
+                     "force=true")
 
 
 # ---------------------------------------------------------------------------------------------
-# runner and engine
+# loaded model and engine
 
 
-class TFTRTRunner(Runner):
+class TFTRTModel(LoadedModel):
     """The converted SavedModel's signature at one batch size; engines deserialized in ``__init__``."""
 
     def __init__(self, saved_model_dir: Path, model: ModelInfo, batch_size: int):
@@ -245,8 +253,8 @@ class TFTRTEngine(Engine):
         validate_params(params)
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
-        reason = super().unsupported(precision, params, model)
+    def unsupported(cls, precision: str, params: Any) -> str | None:
+        reason = super().unsupported(precision, params)
         if reason is not None or params is None:
             return reason
         if precision == "int8" and not params.use_calibration:
@@ -286,11 +294,12 @@ class TFTRTEngine(Engine):
         shapes = build_batch_sizes(params, timed)
         calls = trt_call_kwargs(params, precision, model.path, model.signature_key, str(out_dir / SAVED_MODEL_DIR))
         check_installed_api(calls)
-        calib_timer = _SpanTimer()
+        calibration_timer = CalibrationTimer()  # from the first calibration batch pulled to the last
         if self.needs_calibration(precision, params):
-            if calibration is None or len(calibration) == 0:
-                raise ConfigError("precision=int8 with engine=tftrt needs calibration data; fix: data.calibration_samples=128")
-            calls[API_CONVERT]["calibration_input_fn"] = calib_timer.wrap(calibration_input_fn(calibration, model))
+            self.require_calibration(precision, calibration)
+            assert calibration is not None
+            calibration_fn = calibration_input_fn(calibration, model)
+            calls[API_CONVERT]["calibration_input_fn"] = calibration_timer.wrap(calibration_fn)
         calls[API_BUILD]["input_fn"] = build_input_fn(model, shapes)
 
         from tensorflow.python.compiler.tensorrt import trt_convert
@@ -304,7 +313,7 @@ class TFTRTEngine(Engine):
             if params.build_engines:
                 converter.build(**calls[API_BUILD])
             converter.save(**calls[API_SAVE])
-        total_s = time.perf_counter() - t0
+        convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)
 
         report = conversion_report(converted.graph.as_graph_def(), params=params, timed_batch_sizes=timed)
         report["warnings"] += log_warnings(log_path.read_text(errors="replace") if log_path.exists() else "")
@@ -320,23 +329,23 @@ class TFTRTEngine(Engine):
         report["warnings"] += avail.details.get("warnings", [])
         return ConversionResult(
             artifact=str(out_dir / SAVED_MODEL_DIR),
-            convert_time_s=max(total_s - calib_timer.seconds, 0.0),
-            calibrate_time_s=calib_timer.seconds,
+            convert_time_s=convert_s,
+            calibrate_time_s=calibrate_s,
             report=report,
-            metrics={"trt_segments": report["trt_segments"], "trt_converted_fraction": report["trt_converted_fraction"]},
+            metrics={k: report[k] for k in ("trt_segments", "trt_converted_fraction")},
         )
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         _require_available()
         _allow_gpu_memory_growth()
         with _hinted_errors():
-            return TFTRTRunner(_resolve_saved_model(Path(artifact)), model, batch_size)
+            return TFTRTModel(_resolve_saved_model(Path(artifact)), model, batch_size)
 
 
 ENGINE = TFTRTEngine
 
 __all__ = [
-    "ENGINE", "TFTRTEngine", "TFTRTParams", "TFTRTRunner", "FIELD_TO_API", "PROFILE_STRATEGIES",
+    "ENGINE", "TFTRTEngine", "TFTRTParams", "TFTRTModel", "FIELD_TO_API", "PROFILE_STRATEGIES",
     "availability_from_probe", "build_batch_sizes", "build_input_fn", "calibration_input_fn",
     "check_installed_api", "conversion_report", "implicit_batch_reason", "input_order", "log_warnings",
     "probe_tensorflow",

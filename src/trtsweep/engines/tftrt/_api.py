@@ -26,7 +26,8 @@ API_SAVE = "TrtGraphConverterV2.save"
 
 #: where each engine parameter goes in the TF-TRT API (checked by the tests and ``check_installed_api``)
 FIELD_TO_API: dict[str, tuple[tuple[str, str], ...]] = {
-    "max_workspace_size_bytes": ((API_CONVERSION_PARAMS, "max_workspace_size_bytes"), (API_INIT, "max_workspace_size_bytes")),
+    "max_workspace_size_bytes": ((API_CONVERSION_PARAMS, "max_workspace_size_bytes"),
+                                 (API_INIT, "max_workspace_size_bytes")),
     "minimum_segment_size": ((API_CONVERSION_PARAMS, "minimum_segment_size"), (API_INIT, "minimum_segment_size")),
     "maximum_cached_engines": ((API_CONVERSION_PARAMS, "maximum_cached_engines"), (API_INIT, "maximum_cached_engines")),
     "use_calibration": ((API_CONVERSION_PARAMS, "use_calibration"), (API_INIT, "use_calibration")),
@@ -48,7 +49,8 @@ def trt_call_kwargs(params: TFTRTParams, precision: str, input_dir: str = "", si
     ``TrtConversionParams`` mapping is kept so the tests check both spellings of every setting.
     """
     if precision not in PRECISION_MODES:
-        raise ConfigError(f"engine=tftrt does not support precision={precision}; fix: one of {', '.join(PRECISION_MODES)}")
+        raise ConfigError(f"engine=tftrt does not support precision={precision}; fix: one of "
+                          f"{', '.join(PRECISION_MODES)}")
     conversion = {
         "max_workspace_size_bytes": params.max_workspace_size_bytes,
         "precision_mode": PRECISION_MODES[precision],
@@ -104,7 +106,7 @@ def _missing_arg_message(api: str, arg: str) -> str:
         import tensorflow as tf
 
         version = tf.__version__
-    except Exception:  # pragma: no cover - TF missing altogether
+    except Exception:  # noqa: BLE001 - TF missing or broken: the message names no version  # pragma: no cover
         version = "?"
     return (f"{setting} maps to {api}({arg}=...), which the installed TensorFlow {version} does not accept; "
             f"fix: use TensorFlow 2.16/2.17 with TensorRT (NGC container, see docker/)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -22,9 +22,12 @@ _ERROR_HINTS: tuple[tuple[str, str], ...] = (
      "fix: raise engine.max_workspace_size_bytes (e.g. 4294967296) or lower batch_size"),
     ("not been built with tensorrt", f"this TensorFlow has no TensorRT support; {USE_TENSORRT_TF}"),
     ("incompatible tensorrt major version",
-     f"the TensorRT library loaded at run time differs in major version from the one TensorFlow was built with; {USE_TENSORRT_TF}"),
-    ("specified device is not a gpu", "TF-TRT needs a visible NVIDIA GPU; run with `docker run --gpus all` (see docker/)"),
-    ("op type not registered 'trtengineop'", f"this SavedModel was converted by TF-TRT and needs TensorRT to load; {USE_TENSORRT_TF}"),
+     f"the TensorRT library loaded at run time differs in major version from the one TensorFlow was built with; "
+     f"{USE_TENSORRT_TF}"),
+    ("specified device is not a gpu", "TF-TRT needs a visible NVIDIA GPU; run with `docker run --gpus all` (see "
+                                      "docker/)"),
+    ("op type not registered 'trtengineop'", f"this SavedModel was converted by TF-TRT and needs TensorRT to load; "
+                                             f"{USE_TENSORRT_TF}"),
     ("out of memory", "the GPU ran out of memory; fix: lower batch_size or engine.max_workspace_size_bytes"),
 )
 #: TF-TRT log lines that mean a segment silently runs in TensorFlow instead of TensorRT
@@ -67,16 +70,12 @@ def _capture_native_log(path: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            try:
+            with suppress(OSError, ValueError):  # a closed or broken stderr: restore fd 2 all the same
                 sys.stderr.flush()
-            except Exception:
-                pass
             os.dup2(saved, 2)
             os.close(saved)
-    try:
+    with suppress(OSError):
         os.write(2, path.read_bytes())
-    except OSError:
-        pass
 
 
 @contextmanager

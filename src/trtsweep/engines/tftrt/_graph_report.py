@@ -119,10 +119,11 @@ def _report_findings(report: Mapping[str, Any], params: TFTRTParams | None,
     sizes = [s for s in report["segment_node_counts"].values() if s is not None]
     small = [s for s in sizes if s < SMALL_SEGMENT_NODES]
     if n_seg >= FRAGMENTED_MIN_SEGMENTS and len(small) * 2 > len(sizes):
-        warnings.append(f"fragmented conversion: {n_seg} TensorRT engines, {len(small)} with < {SMALL_SEGMENT_NODES} nodes "
-                        f"(median {statistics.median(sizes):g}); every engine boundary costs a TensorFlow↔TensorRT hand-off "
-                        f"and many small engines are often slower than native TensorFlow; fix: raise "
-                        f"engine.minimum_segment_size, or avoid the ops that split the graph: {_fmt_ops(report['ops_in_tf'])}")
+        warnings.append(f"fragmented conversion: {n_seg} TensorRT engines, {len(small)} with < "
+                        f"{SMALL_SEGMENT_NODES} nodes (median {statistics.median(sizes):g}); every engine boundary "
+                        f"costs a TensorFlow↔TensorRT hand-off and many small engines are often slower than native "
+                        f"TensorFlow; fix: raise engine.minimum_segment_size, or avoid the ops that split the graph: "
+                        f"{_fmt_ops(report['ops_in_tf'])}")
     if params is None:
         return warnings, notes
     if params.use_dynamic_shape and params.allow_build_at_runtime and n_seg:
@@ -136,6 +137,7 @@ def _report_findings(report: Mapping[str, Any], params: TFTRTParams | None,
     if not params.use_dynamic_shape and n_seg and params.maximum_cached_engines < len(shapes):
         warnings.append(f"engine.maximum_cached_engines={params.maximum_cached_engines} < {len(shapes)} input shapes "
                         f"(batch sizes {', '.join(map(str, shapes))}): each TRTEngineOp keeps only the most recent "
-                        f"engines (LRU), so smaller batches run on a larger engine not tuned for them and a larger one is "
-                        f"rebuilt at run time or falls back to TensorFlow; fix: engine.maximum_cached_engines={len(shapes)}")
+                        f"engines (LRU), so smaller batches run on a larger engine not tuned for them and a larger "
+                        f"one is rebuilt at run time or falls back to TensorFlow; "
+                        f"fix: engine.maximum_cached_engines={len(shapes)}")
     return warnings, notes

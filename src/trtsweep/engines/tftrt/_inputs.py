@@ -5,13 +5,13 @@ Inputs are checked and cast here, before TensorFlow sees them, so a bad batch fa
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from trtsweep.engines.base import CalibrationData, ModelInfo, TensorSpec
+from trtsweep.engines.base import require_calibration
 from trtsweep.errors import ConfigError, ModelError
+from trtsweep.types import CalibrationData, ModelInfo, TensorSpec
 
 if TYPE_CHECKING:  # type-only: at run time no private module imports the package
     from trtsweep.engines.tftrt import TFTRTParams
@@ -57,28 +57,30 @@ def _calibration_arrays(calibration: CalibrationData, model: ModelInfo) -> list[
         if missing:
             raise ModelError(f"calibration batch {i} lacks input '{missing[0]}' (has {', '.join(sorted(batch))})")
         arrays = tuple(np.asarray(batch[n], dtype=_np_dtype(specs[n])) for n in order)
-        for name, arr in zip(order, arrays):
+        for name, arr in zip(order, arrays, strict=True):
             want = specs[name].concrete(arr.shape[0] if arr.ndim else 1)
             if arr.shape != want:
-                raise ModelError(f"calibration batch {i}: input '{name}' has shape {arr.shape}, signature expects {want}")
+                raise ModelError(f"calibration batch {i}: input '{name}' has shape {arr.shape}, signature expects "
+                                 f"{want}")
         shapes = tuple(a.shape for a in arrays)
         if first_shapes is None:
             first_shapes = shapes
         elif shapes != first_shapes:
             raise ConfigError(f"calibration batch {i} has shapes {shapes} but batch 0 has {first_shapes}; TF-TRT INT8 "
-                              f"calibration needs one shape; fix: make data.calibration_samples a multiple of the calibration batch")
+                              f"calibration needs one shape; "
+                              f"fix: make data.calibration_samples a multiple of the calibration batch")
         batches.append(arrays)
     return batches
 
 
-def calibration_input_fn(calibration: CalibrationData, model: ModelInfo) -> Callable[[], Iterator[tuple[np.ndarray, ...]]]:
+def calibration_input_fn(calibration: CalibrationData,
+                         model: ModelInfo) -> Callable[[], Iterator[tuple[np.ndarray, ...]]]:
     """Generator function for ``converter.convert(calibration_input_fn=...)``: one tuple per batch.
 
     Inputs are checked and cast here, before TensorFlow sees them, so a bad batch fails with a message.
     """
+    require_calibration("tftrt", "int8", calibration)
     batches = _calibration_arrays(calibration, model)
-    if not batches:
-        raise ConfigError("precision=int8 with engine=tftrt needs calibration data; fix: data.calibration_samples=128")
 
     def gen() -> Iterator[tuple[np.ndarray, ...]]:
         yield from batches
@@ -100,20 +102,3 @@ def build_input_fn(model: ModelInfo, batch_sizes: Sequence[int]) -> Callable[[],
             yield tuple(np.zeros(shape, dtype=dtype) for shape, dtype in per_input)
 
     return gen
-
-
-class _SpanTimer:
-    """Time from a generator's first item to its exhaustion (calibration runs between the yields)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def wrap(self, fn: Callable[[], Iterator[Any]]) -> Callable[[], Iterator[Any]]:
-        def timed() -> Iterator[Any]:
-            start = time.perf_counter()
-            try:
-                yield from fn()
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return timed

@@ -26,14 +26,14 @@ def probe_tensorflow() -> dict:
                              "linked_tensorrt": None, "loaded_tensorrt": None, "gpus": [], "trt_convert": False}
     try:
         import tensorflow as tf
-    except Exception as e:  # ImportError, or a broken CUDA install failing at import
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken CUDA install failing at import: a fact
         facts["error"] = one_line(e)
         return facts
     facts["tf_version"] = tf.__version__
     _guarded(facts, "built_with_cuda", lambda: bool(tf.test.is_built_with_cuda()))
     try:
         from tensorflow.compiler.tf2tensorrt import _pywrap_py_utils as trt_utils
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - no TensorRT in this TF build (or a broken one): a fact
         facts["tensorrt_enabled"] = False
         facts["pywrap_error"] = one_line(e)
         trt_utils = None
@@ -49,7 +49,7 @@ def probe_tensorflow() -> dict:
 def _guarded(facts: dict, key: str, fn: Callable[[], Any]) -> None:
     try:
         facts[key] = fn()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the probe never raises: each failure is recorded as a fact
         facts.setdefault("probe_errors", {})[key] = one_line(e)
 
 
@@ -92,10 +92,12 @@ def availability_from_probe(facts: Mapping[str, Any]) -> Availability:
         return Availability(False, f"TensorRT version skew: TensorFlow {version} was built against TensorRT "
                                    f"{_version(linked)} but loads {_version(loaded)}; {USE_TENSORRT_TF}", details)
     if not facts.get("trt_convert"):
-        return Availability(False, f"TensorFlow {version} has no usable TrtGraphConverterV2; {USE_TENSORRT_TF}", details)
+        return Availability(False, f"TensorFlow {version} has no usable TrtGraphConverterV2; {USE_TENSORRT_TF}",
+                            details)
     if not facts.get("gpus"):
         return Availability(False, f"TensorFlow {version} has TensorRT {_version(loaded)} but sees no GPU (TF-TRT runs "
-                                   f"on NVIDIA GPUs only); run on a GPU machine with `docker run --gpus all` (see docker/)",
+                                   f"on NVIDIA GPUs only); run on a GPU machine with `docker run --gpus all` (see "
+                                   "docker/)",
                             details)
     return Availability(True, "", details)
 

@@ -6,6 +6,13 @@ Conversion parameters (``opset``, ``quant_format``, ``per_channel``, ``activatio
 
 tf2onnx, onnx, onnxruntime and TensorFlow are imported inside functions so that planning a sweep
 stays cheap (``availability`` imports only onnxruntime, once per process).
+
+This package holds the parameters, the loaded model and the engine; the private modules hold one idea
+each and never import this package at run time:
+
+- ``_convert``: SavedModel → ONNX (tf2onnx), fp16;
+- ``_quantize``: int8 dynamic and static (calibrated) quantization;
+- ``_graph``: what a graph holds (op types, quantized nodes, ops onnxruntime cannot run).
 """
 
 from __future__ import annotations
@@ -13,28 +20,35 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import re
 import tempfile
 import time
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from trtsweep.engines.base import (
     Availability,
-    Batch,
-    CalibrationData,
+    CalibrationTimer,
     ConversionResult,
     Engine,
-    ModelInfo,
-    Runner,
-    TensorSpec,
+    LoadedModel,
+    match_names,
     param_stage,
 )
-from trtsweep.errors import ConfigError, ModelError, TrtsweepError, one_line
+from trtsweep.engines.onnx._convert import OnnxConversionError, to_fp16, to_onnx
+from trtsweep.engines.onnx._graph import describe_onnx, unsupported_ops
+from trtsweep.engines.onnx._quantize import (
+    ACTIVATION_TYPES,
+    QUANT_FORMATS,
+    preprocess,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
+from trtsweep.errors import ConfigError, ModelError, one_line
+from trtsweep.types import Batch, CalibrationData, ModelInfo, TensorSpec
 
 ARTIFACT_NAME = "model.onnx"
 
@@ -48,8 +62,6 @@ GRAPH_OPTIMIZATION_LEVELS = {
     "all": "ORT_ENABLE_ALL",
 }
 EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
-QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
-ACTIVATION_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
 EXECUTION_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -59,24 +71,12 @@ EXECUTION_PROVIDERS = {
     "coreml": "CoreMLExecutionProvider",
 }
 
-#: op types that carry quantized (integer) arithmetic or (de)quantization
-_QUANT_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-    "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",
-})
-#: domains whose ops onnxruntime implements without extensions
-_ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-
 _ORT_TYPE_TO_NUMPY = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
     "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
 }
-
-
-class OnnxConversionError(TrtsweepError):
-    """The SavedModel could not be turned into a runnable ONNX graph."""
 
 
 @dataclass
@@ -122,10 +122,6 @@ class OnnxEngine(Engine):
                 f"engine.opset={params.opset} is out of range; fix: use {MIN_OPSET}..{MAX_OPSET} "
                 f"(tf2onnx 1.17 supports up to {MAX_OPSET}; e.g. engine.opset=17)"
             )
-        for fname in ("intra_op_num_threads", "inter_op_num_threads"):
-            value = getattr(params, fname)
-            if value < 0:
-                raise ConfigError(f"engine.{fname}={value} must be ≥ 0; fix: engine.{fname}=0 (follow `threads`)")
         _check_choice("graph_optimization_level", params.graph_optimization_level, GRAPH_OPTIMIZATION_LEVELS)
         _check_choice("execution_mode", params.execution_mode, EXECUTION_MODES)
         _check_choice("quant_format", params.quant_format, QUANT_FORMATS)
@@ -133,8 +129,8 @@ class OnnxEngine(Engine):
         _check_choice("provider", params.provider, EXECUTION_PROVIDERS)
 
     @classmethod
-    def unsupported(cls, precision: str, params: Any, model: ModelInfo | None = None) -> str | None:
-        reason = super().unsupported(precision, params, model)
+    def unsupported(cls, precision: str, params: Any) -> str | None:
+        reason = super().unsupported(precision, params)
         if reason is not None or params is None or params.provider == "cpu":
             return reason
         avail = _availability()
@@ -155,7 +151,7 @@ class OnnxEngine(Engine):
         out_dir: Path,
         batch_sizes: Iterable[int] = (1,),
     ) -> ConversionResult:
-        reason = self.unsupported(precision, self.params, model)
+        reason = self.unsupported(precision, self.params)
         if reason is not None:
             raise ConfigError(reason)
         out_dir = Path(out_dir)
@@ -166,16 +162,15 @@ class OnnxEngine(Engine):
         import onnx
 
         t0 = time.perf_counter()
-        proto = _saved_model_to_onnx(model, self.params.opset)
-        calibrate_s = 0.0
+        calibration_timer = CalibrationTimer()
+        proto = to_onnx(model, self.params.opset)
         if precision == "fp32":
             onnx.save(proto, str(artifact))
         elif precision == "fp16":
-            onnx.save(_to_fp16(proto), str(artifact))
+            onnx.save(to_fp16(proto), str(artifact))
         else:
-            calibrate_s, details = self._quantize(proto, precision, artifact, model, calibration)
-            report.update(details)
-        convert_s = time.perf_counter() - t0 - calibrate_s  # calibration is reported on its own
+            report.update(self._quantize(proto, precision, artifact, model, calibration, calibration_timer))
+        convert_s, calibrate_s = calibration_timer.split(time.perf_counter() - t0)  # calibration on its own
 
         final = onnx.load(str(artifact))
         report.update(describe_onnx(final))
@@ -193,21 +188,23 @@ class OnnxEngine(Engine):
         )
 
     def _quantize(self, proto: Any, precision: str, artifact: Path, model: ModelInfo,
-                  calibration: CalibrationData | None) -> tuple[float, dict]:
-        """int8 / int8_dynamic into ``artifact``; returns (calibration seconds, report entries)."""
+                  calibration: CalibrationData | None, timer: CalibrationTimer) -> dict:
+        """int8 / int8_dynamic into ``artifact``; returns the report entries."""
         import onnx
 
         with tempfile.TemporaryDirectory(dir=artifact.parent, prefix="tmp-") as tmp:
             fp32_path = Path(tmp) / "model_fp32.onnx"
             onnx.save(proto, str(fp32_path))
-            source, preprocess = _preprocess(fp32_path, Path(tmp) / "model_pre.onnx")
+            source, preprocessed = preprocess(fp32_path, Path(tmp) / "model_pre.onnx")
             if precision == "int8_dynamic":
-                return 0.0, {"preprocess": preprocess, **_quantize_dynamic(source, artifact, self.params)}
-            t0 = time.perf_counter()  # static: calibration runs inside quantize_static
-            details = _quantize_static(source, artifact, self.params, model, calibration)
-            return time.perf_counter() - t0, {"preprocess": preprocess, **details}
+                return {"preprocess": preprocessed, **quantize_int8_dynamic(source, artifact, self.params)}
+            self.require_calibration(precision, calibration)
+            assert calibration is not None
+            with timer:  # static: calibration runs inside quantize_static
+                details = quantize_int8_static(source, artifact, self.params, model, calibration)
+            return {"preprocess": preprocessed, **details}
 
-    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> Runner:
+    def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         import onnxruntime as ort
 
         path = _artifact_file(Path(artifact))
@@ -216,15 +213,15 @@ class OnnxEngine(Engine):
         if providers[0] != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # ORT assigns ops the provider lacks to CPU
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        return OnnxRunner(session, model, batch_size, _options_dict(self.params))
+        return OnnxModel(session, model, batch_size, _options_dict(self.params))
 
 
 ENGINE = OnnxEngine
 
 
 # ---------------------------------------------------------------------------
-# runner
-class OnnxRunner(Runner):
+# loaded model
+class OnnxModel(LoadedModel):
     """An ``InferenceSession`` plus the name/dtype mapping between the signature and the ONNX graph."""
 
     def __init__(self, session: Any, model: ModelInfo, batch_size: int, options: dict):
@@ -285,7 +282,7 @@ def _availability() -> Availability:
         import onnxruntime as ort
 
         providers = list(ort.get_available_providers())
-    except Exception as e:  # a broken wheel (missing shared library...) is "unavailable", not a crash
+    except Exception as e:  # noqa: BLE001 - a broken wheel (missing shared library...) is "unavailable", not a crash
         return Availability(False, f"onnxruntime does not import: {one_line(e)}; fix: pip install -U onnxruntime")
     details = {
         "onnxruntime": importlib.metadata.version("onnxruntime"),
@@ -303,173 +300,6 @@ def _check_choice(fname: str, value: str, choices: dict) -> None:
             f"engine.{fname}={value!r} is unknown; fix: use one of {', '.join(choices)} "
             f"(default: engine.{fname}={default})"
         )
-
-
-# ---------------------------------------------------------------------------
-# conversion
-def _saved_model_to_onnx(model: ModelInfo, opset: int) -> Any:
-    """SavedModel signature → ONNX ModelProto, inputs/outputs named as in the signature."""
-    from tf2onnx import tf_loader
-    from tf2onnx.convert import _convert_common  # what `python -m tf2onnx.convert --saved-model` runs
-
-    try:
-        graph_def, inputs, outputs, concrete_func, _, tables, renames = tf_loader.from_saved_model(
-            model.path, None, None, tag=["serve"], signatures=[model.signature_key],
-            return_concrete_func=True, return_initialized_tables=True, return_tensors_to_rename=True,
-        )
-        overrides = _shape_overrides(model.inputs, concrete_func, renames)
-        # continue_on_error: collect every unconvertible op instead of stopping at the first one
-        proto, _ = _convert_common(
-            graph_def, name=model.name, continue_on_error=True, opset=opset, input_names=inputs,
-            output_names=outputs, tensors_to_rename=renames, initialized_tables=tables,
-            shape_override=overrides or None,
-        )
-    except Exception as e:
-        raise OnnxConversionError(
-            f"tf2onnx could not convert {model.path} (signature {model.signature_key}): {one_line(e)}"
-        ) from e
-    left = unsupported_ops(proto)
-    if left:
-        ops = ", ".join(f"{op} ×{n}" for op, n in sorted(left.items()))
-        raise OnnxConversionError(
-            f"tf2onnx cannot convert TF op types {ops} to ONNX opset {opset}; "
-            f"fix: try a newer engine.opset, replace those ops in the model, or use engine=tf / engine=tflite"
-        )
-    return proto
-
-
-def _shape_overrides(specs: Sequence[TensorSpec], concrete_func: Any, renames: dict) -> dict[str, list]:
-    """Pin non-batch dims the signature leaves open but the ModelInfo fixes (model.input_shapes)."""
-    graph_name = {v: k for k, v in renames.items()}
-    import tensorflow as tf
-
-    signature = {t.name: t for t in tf.nest.flatten(concrete_func.structured_input_signature)
-                 if isinstance(t, tf.TensorSpec)}
-    overrides = {}
-    for spec in specs:
-        sig = signature.get(spec.name)
-        if sig is None or sig.shape.rank is None or spec.name not in graph_name:
-            continue
-        open_dims = any(d is None for d in sig.shape.as_list()[1:])
-        fixed_dims = all(d is not None for d in spec.shape[1:])
-        if open_dims and fixed_dims and len(spec.shape) == sig.shape.rank:
-            overrides[graph_name[spec.name]] = [None] + [int(d) for d in spec.shape[1:]]  # type: ignore[arg-type]
-    return overrides
-
-
-def unsupported_ops(proto: Any) -> Counter:
-    """Op types left in the graph that onnxruntime cannot run (TF ops tf2onnx did not map)."""
-    import onnx.defs
-
-    left: Counter = Counter()
-    for node in _all_nodes(proto.graph):
-        if node.domain not in _ORT_DOMAINS:
-            left[f"{node.domain}.{node.op_type}"] += 1
-        elif node.domain != "com.microsoft" and not onnx.defs.has(node.op_type, node.domain):
-            left[node.op_type] += 1
-    return left
-
-
-def _all_nodes(graph: Any) -> Iterable[Any]:
-    """Nodes of a graph and of its subgraphs (If/Loop/Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.g.node:
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)
-
-
-def _to_fp16(proto: Any) -> Any:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    # keep_io_types: callers keep feeding and receiving float32; casts sit at the graph edges
-    return convert_float_to_float16(proto, keep_io_types=True)
-
-
-def _preprocess(src: Path, dst: Path) -> tuple[Path, str]:
-    """ORT's recommended pre-quantization pass (shape inference + fusions); optional by nature."""
-    from onnxruntime.quantization import quant_pre_process
-
-    try:
-        quant_pre_process(str(src), str(dst))
-    except Exception as e:  # e.g. symbolic shape inference on an unusual graph: quantize the raw graph
-        return src, f"skipped: {one_line(e)}"
-    return dst, "ok"
-
-
-def _quantize_dynamic(src: Path, dst: Path, params: OnnxParams) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), per_channel=params.per_channel, reduce_range=params.reduce_range,
-                     weight_type=QuantType.QInt8)
-    return {"quantization": {"mode": "dynamic", "weight_type": "int8", "per_channel": params.per_channel,
-                             "reduce_range": params.reduce_range}}
-
-
-def _quantize_static(src: Path, dst: Path, params: OnnxParams, model: ModelInfo,
-                     calibration: CalibrationData | None) -> dict:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    if calibration is None or len(calibration) == 0:
-        raise ConfigError("precision=int8 with engine=onnx needs calibration data; fix: data.calibration_samples=128")
-    reader = _calibration_reader(src, model, calibration)
-    quantize_static(
-        str(src), str(dst), reader,
-        quant_format=getattr(QuantFormat, QUANT_FORMATS[params.quant_format]),
-        per_channel=params.per_channel,
-        reduce_range=params.reduce_range,
-        activation_type=getattr(QuantType, ACTIVATION_TYPES[params.activation_type]),
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    samples = sum(int(next(iter(b.values())).shape[0]) for b in calibration.batches if b)
-    return {"quantization": {"mode": "static", "format": params.quant_format, "activation_type":
-                             params.activation_type, "weight_type": "int8", "per_channel": params.per_channel,
-                             "reduce_range": params.reduce_range, "calibrate_method": "minmax",
-                             "calibration_batches": len(calibration), "calibration_samples": samples}}
-
-
-def _calibration_reader(src: Path, model: ModelInfo, calibration: CalibrationData) -> Any:
-    """A CalibrationDataReader yielding the calibration batches keyed by the ONNX input names."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-    from onnxruntime.quantization import CalibrationDataReader
-
-    graph_inputs = onnx.load(str(src), load_external_data=False).graph.input
-    dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in graph_inputs}
-    names = match_names([t.name for t in model.inputs], list(dtypes), "input")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(calibration.batches)
-
-        def get_next(self) -> dict | None:
-            batch = next(self._batches, None)
-            if batch is None:
-                return None
-            return {names[k]: np.ascontiguousarray(v, dtype=dtypes[names[k]]) for k, v in batch.items() if k in names}
-
-    return _Reader()
-
-
-def describe_onnx(proto: Any) -> dict:
-    """Opset, node count, op histogram and quantized-node count of an ONNX model."""
-    ops = Counter(node.op_type for node in _all_nodes(proto.graph))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {
-        "opset": opset,
-        "node_count": sum(ops.values()),
-        "op_types": dict(sorted(ops.items())),
-        "quantized_nodes": sum(n for op, n in ops.items() if _is_quant_op(op)),
-        "inputs": [i.name for i in proto.graph.input],
-        "outputs": [o.name for o in proto.graph.output],
-    }
-
-
-def _is_quant_op(op_type: str) -> bool:
-    return op_type in _QUANT_OPS or op_type.startswith("QLinear")
 
 
 # ---------------------------------------------------------------------------
@@ -504,32 +334,5 @@ def _options_dict(params: OnnxParams) -> dict:
     }
 
 
-def _normalize(name: str) -> str:
-    """'serving_default_input_1:0' and 'input_1' compare equal after this."""
-    name = name.split(":")[0]
-    name = re.sub(r"^serving_default_", "", name)
-    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-
-
-def match_names(wanted: Sequence[str], available: Sequence[str], kind: str) -> dict[str, str]:
-    """Map signature names to ONNX names: exact, then normalized, then by position for the rest."""
-    mapping: dict[str, str] = {}
-    free = list(available)
-    for name in wanted:
-        if name in free:
-            mapping[name] = name
-            free.remove(name)
-    for name in [w for w in wanted if w not in mapping]:
-        hits = [a for a in free if _normalize(a) == _normalize(name)]
-        if len(hits) == 1:
-            mapping[name] = hits[0]
-            free.remove(hits[0])
-    rest = [w for w in wanted if w not in mapping]
-    if rest and len(rest) == len(free):
-        mapping.update(zip(rest, free))
-    elif rest:
-        raise ModelError(
-            f"cannot match signature {kind}s {rest} to ONNX {kind}s {list(available)}; "
-            f"fix: check model.signature_key or re-export the SavedModel with named {kind}s"
-        )
-    return mapping
+__all__ = ["ENGINE", "OnnxEngine", "OnnxParams", "OnnxModel", "OnnxConversionError", "describe_onnx", "match_names",
+           "session_options", "unsupported_ops"]

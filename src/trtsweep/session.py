@@ -1,0 +1,222 @@
+"""One sweep's lifecycle, the same for the grid sweeper, the Optuna sweeper and a single run.
+
+:func:`sweep_session` opens a sweep (its directory with ``multirun.yaml``, the MLflow parent run, the
+environment its jobs read) and closes it: results.csv and the summary, the interleaved confirmation of
+the winners and the parent run FINISHED — or, when the sweep is interrupted (Ctrl-C, a crash of the
+sweep itself), what was measured is kept and the parent run is KILLED, with no confirmation.  The
+trial worker is stopped either way, and by :func:`fail` when a sweep stops before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from trtsweep import runner
+from trtsweep.atomic import atomic_write_json, atomic_write_text
+from trtsweep.config import confirm_config, tracking_config
+from trtsweep.errors import one_line
+from trtsweep.identity import digest
+
+log = logging.getLogger("trtsweep")
+
+# what a sweeper tells its jobs (they may run in this process or, with another launcher, elsewhere)
+ENV_PARENT = "TRTSWEEP_PARENT_RUN_ID"
+ENV_TOTAL = "TRTSWEEP_TOTAL"
+ENV_BATCH_SIZES = "TRTSWEEP_BATCH_SIZES"
+ENV_SWEEP_DIR = "TRTSWEEP_SWEEP_DIR"
+ENV_OFFSET = "TRTSWEEP_INDEX_OFFSET"
+#: MLflow run statuses of the sweep's parent run
+FINISHED, KILLED = "FINISHED", "KILLED"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One clear line for the user, then exit (the traceback, if any, is in the log); a trial worker
+    started for the sweep is stopped first."""
+    runner.stop_pool()
+    print(f"trtsweep: error: {message}", file=sys.stderr, flush=True)
+    log.debug("error detail", exc_info=True)
+    sys.exit(code)
+
+
+@contextmanager
+def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int], *,
+                  tags: dict | None = None, tracker_future: Any = None,
+                  multirun_config: Any = None) -> Iterator[SweepContext]:
+    """Open the sweep (:func:`start_sweep`), run the block (the jobs), close it (:func:`finish_sweep`):
+    FINISHED when the block ends, KILLED when it raises (the exception goes on).
+
+    ``multirun_config``: the sweeper's config, saved as ``multirun.yaml`` in the sweep directory.
+    Afterwards ``ctx.table`` holds the sweep's results table.
+    """
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if multirun_config is not None:
+        from omegaconf import OmegaConf
+
+        OmegaConf.save(multirun_config, sweep_dir / "multirun.yaml")
+    ctx = start_sweep(cfg, sweep_dir, key, run_name, total, batch_sizes, tags, tracker_future)
+    try:
+        yield ctx
+    except BaseException:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
+        ctx.table = finish_sweep(ctx, status=KILLED)
+        raise
+    ctx.table = finish_sweep(ctx, status=FINISHED)
+
+
+def joined_sweep(cfg: dict) -> SweepContext:
+    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`)."""
+    ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None)
+    if ctx.parent_run_id:
+        try:
+            ctx.tracker = _tracker(cfg)
+        except Exception as e:  # noqa: BLE001 - the result is still cached and written to results.csv
+            log.error("MLflow unavailable: %s", one_line(e))
+    return ctx
+
+
+@dataclass
+class SweepContext:
+    sweep_dir: Path
+    parent_run_id: str | None
+    tracker: Any
+    started: float = field(default_factory=time.time)
+    cfg: dict = field(default_factory=dict)  # the sweep's base config (confirm.*, tracking.*)
+    table: Any = None  # the results table, once the sweep is finished (sweep_session)
+
+
+def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
+    return digest([name, sorted(arguments), extra])
+
+
+def _tracker(cfg: dict):
+    tcfg = tracking_config(cfg)
+    if not tcfg.enabled:
+        return None
+    from trtsweep.tracking import Tracker
+
+    return Tracker(tcfg)
+
+
+def tracker_in_background(cfg: dict):
+    """Open MLflow (import + schema check/creation take seconds) while the worker imports TensorFlow."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ex = ThreadPoolExecutor(1, thread_name_prefix="trtsweep-mlflow")
+    fut = ex.submit(_tracker, cfg)
+    ex.shutdown(wait=False)
+    return fut
+
+
+def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
+                tags: dict | None = None, tracker_future: Any = None) -> SweepContext:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tracker = None
+    parent = None
+    try:
+        tracker = tracker_future.result() if tracker_future is not None else _tracker(cfg)
+        if tracker is not None:
+            parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
+    except Exception as e:
+        log.error("MLflow unavailable, continuing without it: %s", one_line(e))
+        log.debug("MLflow error", exc_info=True)
+        tracker = None
+    os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
+    os.environ[ENV_TOTAL] = str(total)
+    os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
+    if parent:
+        os.environ[ENV_PARENT] = parent
+    else:
+        os.environ.pop(ENV_PARENT, None)
+    log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
+             f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
+    return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg))
+
+
+def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
+    """Re-measure each group's close candidates interleaved; write confirmation.json and best.yaml."""
+    from trtsweep import confirm
+
+    conf = confirm_config(ctx.cfg)
+    if not conf.enabled:
+        return []
+    try:
+        verdicts = confirm.run(records, conf.top_k, conf.rounds)
+    except Exception as e:
+        log.error("confirmation failed, keeping the sweep's own ranking: %s", one_line(e))
+        log.debug("confirmation error", exc_info=True)
+        return []
+    if verdicts:
+        by_key = {r["trial_key"]: r for r in records}
+        atomic_write_json(ctx.sweep_dir / "confirmation.json", [v.__dict__ for v in verdicts])
+        write_best_yaml(ctx.sweep_dir / "best.yaml", verdicts, by_key)
+    return verdicts
+
+
+def write_best_yaml(path: Path, verdicts: list, by_key: dict[str, dict]) -> Path:
+    """The exact overrides that reproduce each confirmed winner (``python sweep.py <overrides>``)."""
+    import yaml
+
+    entries = []
+    for v in verdicts:
+        rec = by_key[v.winner]
+        spec = rec["spec"]
+        overrides = [o for o in rec.get("overrides", []) if not o.startswith(("threads=", "hydra."))]
+        overrides.append(f"threads={spec['threads']}")  # the resolved core budget, never "all cores"
+        st = v.stats[v.winner]
+        entries.append({
+            "model": spec["model"]["name"], "batch_size": spec["batch_size"], "engine": spec["engine"],
+            "precision": spec["precision"], "engine_params": spec["engine_params"], "threads": spec["threads"],
+            "trial_key": v.winner, "overrides": overrides, "command": "python sweep.py " + " ".join(overrides),
+            "confirm_throughput_ips": round(st["confirm_throughput_ips"], 3),
+            "confirm_ci": [round(st["confirm_ci_low"], 3), round(st["confirm_ci_high"], 3)],
+            "tie": v.is_tie, "tied_with": [k for k in v.tied if k != v.winner], "verdict": v.text,
+        })
+    return atomic_write_text(path, yaml.safe_dump({"best": entries}, sort_keys=False, allow_unicode=True))
+
+
+def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
+    """results.csv/.parquet and the summary; for a FINISHED sweep the confirmation of its winners first;
+    the parent run closed with ``status``; the trial worker stopped.  Returns the results table."""
+    from trtsweep import report
+
+    records = report.load_trial_records(ctx.sweep_dir)
+    verdicts = confirm_winners(ctx, records) if status == FINISHED else []
+    df = report.apply_confirmation(report.table(records), verdicts)
+    paths = report.write(df, ctx.sweep_dir) if not df.empty else []
+    if not df.empty:
+        print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df)
+              + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}",
+              flush=True)
+    if ctx.tracker is not None and ctx.parent_run_id:
+        try:
+            counts = df.status.value_counts().to_dict() if not df.empty else {}
+            summary = {f"trials_{k}": v for k, v in counts.items()}
+            best = report.best_per_model(df)
+            if not best.empty:
+                b = best.sort_values("throughput_ips").iloc[-1]
+                summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
+            if verdicts:
+                try:
+                    ctx.tracker.log_confirmation(ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
+                                                 ctx.sweep_dir / "best.yaml")
+                except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
+                    log.error("could not log the confirmation to MLflow: %s", one_line(e))
+            ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1], status=status)
+        except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
+            log.error("could not finish the MLflow parent run: %s", one_line(e))
+    runner.stop_pool()
+    for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):
+        os.environ.pop(var, None)
+    return df
+
+
+def _child_runs(records: list[dict], parent: str) -> dict[str, str]:
+    return {r["trial_key"]: r.get("mlflow_run_ids", {}).get(parent) for r in records
+            if r.get("mlflow_run_ids", {}).get(parent)}
