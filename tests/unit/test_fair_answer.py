@@ -274,3 +274,14 @@ def test_the_tf_fp32_reference_is_timed_alongside_but_never_wins():
     assert v.winner == "tflite" and v.tied == ["tflite"]
     assert v.stats["tflite"]["confirm_speedup_vs_tf_fp32"] == pytest.approx(3.0)  # drift cancels per round
     assert "3.00× TF FP32" in v.text
+
+
+def test_tf_needs_a_fresh_worker_only_for_a_budget_other_than_its_default():
+    from trtsweep.runner import worker_env
+
+    all_cores = len(cores.allowed_cores())
+    assert worker_env(plan_trial(cfg("engine=tf", f"threads={all_cores}"))) is None  # the warm worker will do
+    if all_cores > 1:
+        assert worker_env(plan_trial(cfg("engine=tf", "threads=1"))) == {
+            "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    assert worker_env(plan_trial(cfg("engine=tflite", "threads=1"))) is None  # set per interpreter

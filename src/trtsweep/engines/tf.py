@@ -60,10 +60,15 @@ class TFEngine(Engine):
 
     @classmethod
     def process_env(cls, params: TFParams) -> dict[str, str]:
+        """TensorFlow sizes its thread pools once, at start-up, to the CPUs the process may use: a
+        count equal to that needs no variable, so the default budget reuses the sweep's warm worker."""
+        from trtsweep.cores import allowed_cores
+
+        tf_default = len(allowed_cores())
         env = {}
-        if params.intra_op_threads:
+        if params.intra_op_threads and params.intra_op_threads != tf_default:
             env["TF_NUM_INTRAOP_THREADS"] = str(params.intra_op_threads)
-        if params.inter_op_threads:
+        if params.inter_op_threads and params.inter_op_threads != tf_default:
             env["TF_NUM_INTEROP_THREADS"] = str(params.inter_op_threads)
         return env
 
