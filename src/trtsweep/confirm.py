@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from trtsweep.measure import mean_ci
+from trtsweep.measure import mean_ci, repeat_cv
 from trtsweep.results import TrialStatus
 
 log = logging.getLogger("trtsweep")
@@ -61,23 +61,22 @@ class Verdict:
 
 
 def select(rows: Sequence[dict], top_k: int) -> list[dict]:
-    """The candidates of one group: the best passing row and those whose throughput CI overlaps its
-    own (the runner-up at least), stable ones first (an unstable row is a candidate only when no
-    stable row passed).  Empty when fewer than two rows passed: there is nothing to rank."""
+    """The candidates of one group, at most ``top_k``: the best stable passing row (the anchor) first,
+    then the rows whose throughput CI reaches the anchor's, fastest first (the runner-up at least: a
+    lucky, tight first measurement is no proof).  Unstable rows that come close are candidates too:
+    their re-measurement here decides, and a candidate whose confirmation is itself unstable never
+    wins over a stable one (:func:`decide`).  Empty when fewer than two rows passed."""
     ok = [r for r in rows if r.get("status") == TrialStatus.OK and _finite(r.get("throughput_ips"))]
-    stable = [r for r in ok if not r.get("unstable")]
-    pool = stable or ok
     if len(ok) < 2:
         return []
-    pool = sorted(pool, key=lambda r: -r["throughput_ips"])
-    best = pool[0]
-    low = best.get("throughput_ci_low", best["throughput_ips"])
-    low = low if _finite(low) else best["throughput_ips"]
-    close = [r for r in pool if (r.get("throughput_ci_high") if _finite(r.get("throughput_ci_high"))
-                                 else r["throughput_ips"]) >= low]
-    if len(close) < 2 <= len(pool):  # the runner-up always: a lucky, tight first measurement is no proof
-        close = pool[:2]
-    return close[:max(top_k, 1)]
+    stable = [r for r in ok if not r.get("unstable")]
+    anchor = max(stable or ok, key=lambda r: r["throughput_ips"])
+    low = anchor.get("throughput_ci_low", anchor["throughput_ips"])
+    low = low if _finite(low) else anchor["throughput_ips"]
+    others = sorted((r for r in ok if r is not anchor), key=lambda r: -r["throughput_ips"])
+    close = [r for r in others if (r.get("throughput_ci_high") if _finite(r.get("throughput_ci_high"))
+                                   else r["throughput_ips"]) >= low]
+    return ([anchor] + (close or others[:1]))[:max(top_k, 1)]
 
 
 def interleave(candidates: Sequence[Candidate], run_round: Callable[[Candidate], float],
@@ -98,10 +97,15 @@ def paired_log_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0
     return mean_ci(d, level)
 
 
-def decide(candidates: Sequence[Candidate], samples: dict[str, list[float]], group: str = "") -> Verdict:
+def decide(candidates: Sequence[Candidate], samples: dict[str, list[float]], group: str = "",
+           max_cv: float = float("inf")) -> Verdict:
+    """The fastest contender by its confirmation rounds, and who is tied with it.  A contender whose
+    rounds spread more than ``max_cv`` (unstable even here) wins only when every contender is."""
     by_key = {c.key: c for c in candidates}
     means = {k: float(np.mean(v)) for k, v in samples.items()}
+    cvs = {k: repeat_cv(v) for k, v in samples.items()}
     contenders = [c.key for c in candidates if not c.reference] or [c.key for c in candidates]
+    contenders = [k for k in contenders if cvs[k] <= max_cv] or contenders
     fastest = max(contenders, key=lambda k: means[k])
     base = next((c.key for c in candidates if c.reference or (c.spec.get("engine") == "tf"
                                                                 and c.precision == "fp32")), None)
@@ -110,7 +114,7 @@ def decide(candidates: Sequence[Candidate], samples: dict[str, list[float]], gro
     for k, v in samples.items():
         lo, hi = mean_ci(v)
         st = {"confirm_throughput_ips": means[k], "confirm_ci_low": lo, "confirm_ci_high": hi,
-              "confirm_rounds": len(v)}
+              "confirm_rounds": len(v), "confirm_cv": cvs[k]}
         if base is not None:  # speed-up over TF FP32 timed in the same rounds: drift cancels per round
             ratios = [math.log(x / y) for x, y in zip(v, samples[base], strict=True) if x > 0 and y > 0]
             if ratios:
@@ -194,7 +198,7 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
             continue
         finally:
             workers.close()
-        v = decide(cands, samples, group)
+        v = decide(cands, samples, group, max_cv=float(cands[0].spec["measure"]["max_cv"]))
         log.info(v.text)
         verdicts.append(v)
     return verdicts
