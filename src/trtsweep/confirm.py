@@ -40,6 +40,7 @@ class Candidate:
     model_size_mb: float = 0.0
     precision: str = "fp32"
     reference: bool = False  # the TF FP32 baseline, timed in the same rounds for the speed-up; never a winner
+    unstable: bool = False  # its sweep measurement stayed above measure.max_cv
 
     def cost(self) -> tuple:
         return (self.threads, round(self.model_size_mb, 3), PRECISION_RANK.get(self.precision, 9), self.label)
@@ -99,13 +100,14 @@ def paired_log_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0
 
 def decide(candidates: Sequence[Candidate], samples: dict[str, list[float]], group: str = "",
            max_cv: float = float("inf")) -> Verdict:
-    """The fastest contender by its confirmation rounds, and who is tied with it.  A contender whose
-    rounds spread more than ``max_cv`` (unstable even here) wins only when every contender is."""
+    """The fastest contender by its confirmation rounds, and who is tied with it (the paired per-round
+    comparison absorbs drift).  A candidate that was unstable in the sweep must be stable here (its
+    rounds' spread ≤ ``max_cv``) to contend against stable ones: otherwise it has no trustworthy number."""
     by_key = {c.key: c for c in candidates}
     means = {k: float(np.mean(v)) for k, v in samples.items()}
     cvs = {k: repeat_cv(v) for k, v in samples.items()}
     contenders = [c.key for c in candidates if not c.reference] or [c.key for c in candidates]
-    contenders = [k for k in contenders if cvs[k] <= max_cv] or contenders
+    contenders = [k for k in contenders if not (by_key[k].unstable and cvs[k] > max_cv)] or contenders
     fastest = max(contenders, key=lambda k: means[k])
     base = next((c.key for c in candidates if c.reference or (c.spec.get("engine") == "tf"
                                                                 and c.precision == "fp32")), None)
@@ -184,7 +186,7 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
             cands.append(Candidate(r["trial_key"], spec.label(), spec.to_dict(), r["throughput_ips"],
                                    r.get("throughput_ci_low", float("nan")), r.get("throughput_ci_high", float("nan")),
                                    spec.threads, float(r.get("model_size_mb") or 0.0), spec.precision,
-                                   reference=r["trial_key"] in reference_keys))
+                                   reference=r["trial_key"] in reference_keys, unstable=bool(r.get("unstable"))))
         log.info("confirming %s: %d candidate(s) × %d interleaved rounds: %s", group, len(cands), rounds,
                  "; ".join(c.label + (" (TF FP32 reference for the speed-up)" if c.reference else "") for c in cands))
         workers = _Workers(runner)

@@ -259,12 +259,15 @@ def test_candidates_are_the_best_stable_row_and_those_that_reach_it():
     assert confirm.select(rows[:1], top_k=3) == []  # a lone configuration: nothing to rank
 
 
-def test_a_candidate_unstable_in_its_confirmation_never_wins_over_a_stable_one():
+def test_a_candidate_unstable_in_the_sweep_and_its_confirmation_never_wins_over_a_stable_one():
     steady, shaky = _cand("steady"), _cand("shaky", threads=1)
+    shaky.unstable = True  # its sweep measurement stayed above max_cv
     samples = {"steady": [100.0, 101.0, 99.0, 100.0, 100.5], "shaky": [60.0, 200.0, 90.0, 250.0, 70.0]}
     v = confirm.decide([steady, shaky], samples, "g", max_cv=0.10)
     assert v.winner == "steady" and v.tied == ["steady"] and v.stats["shaky"]["confirm_cv"] > 0.10
     assert confirm.decide([steady, shaky], samples, "g").winner == "shaky"  # without the bound: the higher mean
+    shaky.unstable = False  # stable in the sweep: the paired comparison alone decides (here: a tie, it's cheaper)
+    assert confirm.decide([steady, shaky], samples, "g", max_cv=0.10).winner == "shaky"
 
 
 def test_the_tf_fp32_reference_is_timed_alongside_but_never_wins():
