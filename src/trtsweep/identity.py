@@ -92,8 +92,21 @@ def _fingerprint_hashes(data: bytes) -> dict[str, int] | None:
 
 
 def data_fingerprint(path: str | Path) -> str:
-    """Content identity of a data file (hash of its bytes) or image folder (names, sizes, mtimes)."""
+    """Content identity of a data file (hash of its bytes) or image folder (names, sizes, mtimes).
+    A file is hashed once per sweep process for as long as its size and mtime stay the same."""
     p = Path(path).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return _file_hash(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    return _content_hash(p)
+
+
+@lru_cache(maxsize=64)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    return _content_hash(Path(path))
+
+
+def _content_hash(p: Path) -> str:
     h = hashlib.sha256()
     if p.is_file():
         with open(p, "rb") as f:
