@@ -297,3 +297,14 @@ def test_tf_needs_a_fresh_worker_only_for_a_budget_other_than_its_default():
         assert worker_env(plan_trial(cfg("engine=tf", "threads=1"))) == {
             "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
     assert worker_env(plan_trial(cfg("engine=tflite", "threads=1"))) is None  # set per interpreter
+
+
+def test_data_file_content_is_part_of_calibration_and_result_identity(tmp_path):
+    path = tmp_path / "inputs.npy"
+    np.save(path, np.zeros((8, 8, 8, 1), np.float32))
+    overrides = ("engine=tflite", "precision=int8", "data=file", f"data.path={path}")
+    before = plan_trial(cfg(*overrides))
+    np.save(path, np.ones((8, 8, 8, 1), np.float32))  # other calibration data at the same path
+    after = plan_trial(cfg(*overrides))
+    assert after.data_fingerprint != before.data_fingerprint
+    assert after.conversion_key() != before.conversion_key() and after.trial_key() != before.trial_key()
