@@ -175,11 +175,7 @@ class Tracker:
                 run_id = found[0].info.run_id
                 existing_params = found[0].data.params
         if not run_id:
-            run = self.client.create_run(self.experiment_id, run_name=_run_name(spec),
-                                         start_time=int(result.started_at * 1000),
-                                         tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: result.trial_key,
-                                               ROLE_TAG: "trial"})
-            run_id = run.info.run_id
+            run_id, existing_params = self._create_child(parent_id, result, spec)
         else:
             self.client.update_run(run_id, status="RUNNING")
         ts = int((result.ended_at or time.time()) * 1000)
@@ -205,6 +201,20 @@ class Tracker:
         self._log_artifacts(run_id, result, spec, resolved_cfg)
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status], end_time=ts)
         return run_id
+
+    def _create_child(self, parent_id: str, result: TrialResult, spec: TrialSpec) -> tuple[str, dict[str, str]]:
+        """Create the trial's child run.  Workers that measured the same configuration at the same moment
+        (several sweeps on one study) converge on the oldest child, as parents do; the others are deleted."""
+        run = self.client.create_run(self.experiment_id, run_name=_run_name(spec),
+                                     start_time=int(result.started_at * 1000),
+                                     tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: result.trial_key,
+                                           ROLE_TAG: "trial"})
+        found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+        winner = found[0] if found else run
+        if winner.info.run_id != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+            return winner.info.run_id, dict(self.client.get_run(winner.info.run_id).data.params)
+        return run.info.run_id, {}
 
     def _log_artifacts(self, run_id: str, result, spec: TrialSpec, resolved_cfg: dict | None) -> None:
         with tempfile.TemporaryDirectory() as d:
