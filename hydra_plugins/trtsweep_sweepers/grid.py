@@ -98,11 +98,10 @@ class TrtsweepGridSweeper(BasicSweeper):
         return returns
 
 
-def _split(override: str) -> Tuple[str, str, str]:
-    """'+engine.num_threads=2' -> ('+', 'engine.num_threads', '2')."""
+def _split(override: str) -> Tuple[str, str]:
+    """'+engine.num_threads=2' -> ('engine.num_threads', '2')."""
     key, _, value = override.partition("=")
-    stripped = key.lstrip("+~")
-    return key[: len(key) - len(stripped)], stripped, value
+    return key.lstrip("+~"), value
 
 
 def engine_param_jobs(jobs: List[List[str]], default_engine: str) -> Tuple[List[List[str]], List[str]]:
@@ -118,13 +117,13 @@ def engine_param_jobs(jobs: List[List[str]], default_engine: str) -> Tuple[List[
     out: List[List[str]] = []
     seen = set()
     for job in jobs:
-        engine = next((_split(o)[2] for o in job if _split(o)[1] == "engine"), default_engine)
+        engine = next((_split(o)[1] for o in job if _split(o)[0] == "engine"), default_engine)
         if engine not in engines_seen:
             engines_seen.append(engine)
         known = engine_param_names(engine) if engine in engine_names() else None
         kept = []
         for o in job:
-            key = _split(o)[1]
+            key = _split(o)[0]
             if key.startswith("engine.") and known is not None:
                 param = key[len("engine."):].split(".")[0]
                 applies.setdefault(param, set())

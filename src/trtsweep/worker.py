@@ -182,23 +182,16 @@ def run_trial(payload: dict) -> dict:
     from trtsweep import cores
     from trtsweep.config import TrialSpec
     from trtsweep.data import batches
-    from trtsweep.engines.base import get_engine, make_params
     from trtsweep.host import host_facts
     from trtsweep.measure import measure
-    from trtsweep.types import ModelInfo
 
     spec = TrialSpec.from_dict(payload["spec"])
     pinned = cores.pin(spec.core_set)  # the trial's core budget, for every thread this worker has
     _reset_peak_rss()
     t_start = time.time()
     inject(payload.get("fault"))  # tests only (trtsweep.faults)
-    model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
-    ds = _dataset(spec, model)
+    model, ds, engine, artifact, conv = _converted(spec)
     reference = _reference(spec, model, ds)
-    eng_cls = get_engine(spec.engine)
-    engine = eng_cls(make_params(eng_cls, spec.engine_params))
-
-    artifact, conv = convert_cached(spec, engine, model, ds)
     t0 = time.perf_counter()
     loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
     load_s = time.perf_counter() - t0
@@ -240,8 +233,9 @@ def run_trial(payload: dict) -> dict:
 _loaded: dict[str, tuple] = {}
 
 
-def _load_for(spec):
-    """Model, dataset, engine and its loaded artifact for ``spec`` (the conversion comes from the cache)."""
+def _converted(spec):
+    """Model, dataset, engine, converted artifact and conversion record for ``spec`` (converted once per
+    conversion key: trials and confirmation rounds share it)."""
     from trtsweep.engines.base import get_engine, make_params
     from trtsweep.types import ModelInfo
 
@@ -249,8 +243,8 @@ def _load_for(spec):
     ds = _dataset(spec, model)
     eng_cls = get_engine(spec.engine)
     engine = eng_cls(make_params(eng_cls, spec.engine_params))
-    artifact, _ = convert_cached(spec, engine, model, ds)
-    return engine.load(artifact, model, spec.precision, spec.batch_size), ds
+    artifact, conv = convert_cached(spec, engine, model, ds)
+    return model, ds, engine, artifact, conv
 
 
 def confirm_load(payload: dict) -> bool:
@@ -261,7 +255,8 @@ def confirm_load(payload: dict) -> bool:
 
     spec = TrialSpec.from_dict(payload["spec"])
     cores.pin(spec.core_set)
-    loaded, ds = _load_for(spec)
+    model, ds, engine, artifact, _ = _converted(spec)
+    loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
     _loaded[payload["key"]] = (spec, loaded, loaded.prepare(batches(ds.evaluation, spec.batch_size)[0]))
     return True
 
