@@ -40,7 +40,7 @@ from ._space import (
     representative_assignments,
     split_space,
 )
-from ._study import Heartbeat, fail_stale_trials, make_sampler, masked, open_storage, open_study, sampler_label
+from ._study import fail_stale_trials, heartbeat, make_sampler, masked, open_storage, open_study, sampler_label
 from ._warm import OtherStudies, cached_results, cached_trials, default_value, first_configs, same_conversion
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ class OptunaSweeperImpl:
     def _evaluate(self, study: optuna.Study, storage: Any, trial: optuna.Trial, values: Dict[str, Any],
                   fixed: List[str], steps_: Steps) -> Outcome:
         """Run the trial as a Hydra job (its heartbeat beating, its measurement steps reported)."""
-        with Heartbeat(storage, trial._trial_id, self.conf.heartbeat_interval):
+        with heartbeat(storage, trial._trial_id, self.conf.heartbeat_interval):
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: fail_orphaned_trials
             with steps.observing(steps_):
                 return self._launch(study, trial, values, fixed)
