@@ -75,6 +75,16 @@ def sampler_label(sampler: Any) -> str:
     return sampler if isinstance(sampler, str) else str(sampler_node(sampler)["_target_"]).rsplit(".", 1)[-1]
 
 
+def check_sampler_space(sampler: Any, space: Sequence[SearchParam]) -> None:
+    """A sampler that cannot model the space is an error (before any work), naming the samplers that can."""
+    target = str(sampler_node(sampler)["_target_"])
+    categorical = [p.name for p in space if isinstance(p.distribution, CategoricalDistribution)]
+    if target in NUMERIC_ONLY and categorical:
+        raise SearchSpaceError(f"sampler={NUMERIC_ONLY[target]} cannot model categorical parameters "
+                               f"({', '.join(categorical)}): it would sample them at random; fix: "
+                               f"hydra.sweeper.sampler= one of {CATEGORICAL_OK}")
+
+
 def make_sampler(sampler: Any, seed: Optional[int], n_startup_trials: Optional[int], n_objectives: int,
                  space: Sequence[SearchParam]) -> optuna.samplers.BaseSampler:
     """Build the sampler with ``hydra.utils.instantiate``, filling in the sweeper's settings it takes."""
@@ -88,11 +98,7 @@ def make_sampler(sampler: Any, seed: Optional[int], n_startup_trials: Optional[i
     if n_objectives > 1 and target in SINGLE_OBJECTIVE:
         raise SearchSpaceError(f"sampler={SINGLE_OBJECTIVE[target]} is single-objective; fix: "
                                "hydra.sweeper.sampler=tpe or nsgaii with multi_objective=true")
-    categorical = [p.name for p in space if isinstance(p.distribution, CategoricalDistribution)]
-    if target in NUMERIC_ONLY and categorical:
-        raise SearchSpaceError(f"sampler={NUMERIC_ONLY[target]} cannot model categorical parameters "
-                               f"({', '.join(categorical)}): it would sample them at random; fix: "
-                               f"hydra.sweeper.sampler= one of {CATEGORICAL_OK}")
+    check_sampler_space(sampler, space)
     fills: Dict[str, Callable[[], Any]] = {  # the sweeper's settings, for the samplers that take them
         "search_space": lambda: grid_search_space(space),
         "seed": lambda: seed,
