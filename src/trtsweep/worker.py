@@ -204,12 +204,13 @@ def run_trial(payload: dict) -> dict:
         t_measure = time.perf_counter()
         m = measure(loaded.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
+        run_metrics = loaded.run_metrics()  # after the timed loop, before fidelity adds its own batches
         fidelity = _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
         describe = loaded.describe()
     finally:
         loaded.close()
     metrics = {
-        **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
+        **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()}, **run_metrics,
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s,
         "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),
