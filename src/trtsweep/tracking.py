@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
-from trtsweep.results import TrialResult, TrialStatus
+from trtsweep.constraints import violations
+from trtsweep.results import MEASURED, TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
 MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
-                 TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED"}
+                 TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED"}
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -191,7 +192,7 @@ class Tracker:
             tags["host_id"] = digest(spec.host, 12)
         if result.reason:
             tags["reason"] = result.reason
-        metrics = [Metric(k, float(v), ts, 0) for k, v in result.metrics.items()
+        metrics = [Metric(k, float(v), ts, 0) for k, v in {**result.metrics, **_violation_metrics(result, spec)}.items()
                    if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
         param_list = [Param(k, v) for k, v in params.items()]
         tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
@@ -280,6 +281,14 @@ class Tracker:
         if parent_tags:
             self.tag(parent_id, parent_tags)
         self.log_extras(parent_id, metrics=metrics, files=files)
+
+
+def _violation_metrics(result: TrialResult, spec: TrialSpec) -> dict[str, float]:
+    """``violation_<name>``: by how much a measured trial is over each bound it violates (value − bound)."""
+    if result.status not in MEASURED:
+        return {}
+    over = violations(result.metrics, spec.constraints, spec.fidelity.max_accuracy_drop)
+    return {f"violation_{k}": v for k, v in over.items() if v > 0}
 
 
 def _run_name(spec: TrialSpec) -> str:
