@@ -232,8 +232,10 @@ class OptunaSweeperImpl:
             raise
         max_drop = OmegaConf.select(ret.cfg, "fidelity.max_accuracy_drop") if ret.cfg is not None else None
         max_drop = 0.01 if max_drop is None else float(max_drop)
+        bounds = OmegaConf.select(ret.cfg, "constraints") if ret.cfg is not None else None  # constraints.*
+        bounds = OmegaConf.to_container(bounds, resolve=True) if bounds is not None else None
         if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, JobResult):
-            return trial_outcome(ret._return_value, None, c.objective, c.multi_objective, max_drop)
+            return trial_outcome(ret._return_value, None, c.objective, c.multi_objective, max_drop, bounds)
         err = ret._return_value if isinstance(ret._return_value, BaseException) else None
         return trial_outcome(None, one_line(err) if err else "the job returned no result", c.objective,
                              c.multi_objective, max_drop)
