@@ -52,3 +52,23 @@ def test_bounds_make_a_measured_trial_infeasible_and_a_cached_one_is_judged_agai
     out = res.stdout + res.stderr
     assert out.count("constraints.max_gpu_memory_mb=1 applies to GPU engines only (tftrt): tflite trials are never "
                      "judged by it") == 1
+
+
+def test_an_optuna_search_records_the_bounds_of_the_jobs_config(sweep, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    res = sweep("-m", "hydra/sweeper=optuna", "model=digits_cnn", "engine=tflite", "engine.num_threads=1",
+                "precision=choice(fp32,fp16)", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler=grid",
+                f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=c",
+                "constraints.max_latency_p99_ms=0.0001")
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="c", storage=storage)
+    assert len(study.trials) == 2
+    for t in study.trials:  # measured, but over the bound: complete and infeasible, never Optuna's best
+        assert t.state.name == "COMPLETE" and t.user_attrs["status"] == "infeasible"
+        recorded = dict(zip(t.user_attrs["constraint_names"], t.user_attrs["constraint"], strict=True))
+        assert recorded["latency_p99_ms"] == pytest.approx(t.user_attrs["latency_p99_ms"] - 0.0001)
+        assert recorded["accuracy_drop"] <= 0 and set(recorded) == {"accuracy_drop", "latency_p99_ms"}
+    with pytest.raises(ValueError):
+        _ = study.best_trial
