@@ -155,6 +155,31 @@ def test_mlflow_violation_metrics_only_where_violated(tmp_path):
     assert _violation_metrics(TrialResult("k", TrialStatus.FAILED, spec.to_dict()), spec) == {}
 
 
+def test_a_changed_verdict_updates_the_child_run_without_a_stale_reason_or_violation(tmp_path):
+    import dataclasses
+
+    from trtsweep.config import TrackingConfig
+    from trtsweep.tracking import Tracker
+
+    tracker = Tracker(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="c", log_models=False))
+    parent = tracker.parent_run("sweep", "sweep")
+    tight = _spec(tmp_path, max_latency_p99_ms=10)
+    now = time.time()
+    res = TrialResult(tight.trial_key(), TrialStatus.OK, tight.to_dict(), metrics=dict(METRICS), started_at=now,
+                      ended_at=now)
+    runner.judge(res, tight)
+    run_id = tracker.log_trial(parent, res, tight)
+    data = tracker.client.get_run(run_id).data
+    assert data.tags["status"] == "infeasible" and data.tags["reason"].startswith("latency_p99_ms=12.3")
+    assert data.metrics["violation_latency_p99_ms"] == pytest.approx(2.3)
+    free = dataclasses.replace(tight, constraints=ConstraintsConfig())
+    runner.judge(res, free)  # the cached result under the current (no) bounds: ok, logged under the same parent
+    assert tracker.log_trial(parent, res, free) == run_id
+    data = tracker.client.get_run(run_id).data
+    assert data.tags["status"] == "ok" and "reason" not in data.tags
+    assert data.metrics["violation_latency_p99_ms"] == 0.0
+
+
 # ---- tables: the best and the confirmation candidates are never over a bound ----
 def _record(engine, precision, tput, p99, status="ok", bounds=None, drop=0.0):
     bounds = bounds or {}
