@@ -148,6 +148,17 @@ class TrackingConfig:
     experiment: str = "trtsweep"
     log_models: bool = True
     enabled: bool = True
+    tags: dict = field(default_factory=dict)  # name -> text, on every run of the sweep (parent and children)
+    required: bool = False  # MLflow must work: disabled or unreachable stops the sweep (trtsweep nightly)
+
+    def validate(self) -> None:
+        for bad in (k for k, v in self.tags.items() if isinstance(v, (dict, list))):
+            raise ConfigError(f"tracking.tags.{bad}={self.tags[bad]!r} must be one value (a tag is text); "
+                              f"fix: +tracking.tags.{bad}=<text>")
+        self.tags = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in self.tags.items()}
+        if self.required and not self.enabled:
+            raise ConfigError("tracking=none, but this sweep needs MLflow (trtsweep nightly compares with its history)"
+                              "; fix: tracking=sqlite (the default) or tracking=server")
 
 
 @dataclass
@@ -321,7 +332,8 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
     fidelity = typed(FidelityConfig, c.get("fidelity", {}), "fidelity")
     trial = typed(TrialConfig, c.get("trial", {}), "trial")
     constraints = typed(ConstraintsConfig, c.get("constraints") or {}, "constraints")
-    confirm_config(c)  # validated here so that a bad value fails before work, like every other one
+    confirm_config(c)  # validated here so that bad values fail before work, like every other one
+    tracking_config(c)
 
     cache_dir = str(Path(c.get("cache_dir") or "outputs/cache").expanduser().resolve())
     pinned = cores.core_set(threads)

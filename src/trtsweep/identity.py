@@ -165,3 +165,10 @@ def host_identity(core_set: list[int] | None = None) -> dict[str, str]:
 def host_id(core_set: list[int] | None = None) -> str:
     """Short id of :func:`host_identity` (a tag on every result)."""
     return digest(host_identity(core_set), 12)
+
+
+def machine_id() -> str:
+    """Short id of the hardware a nightly's history is matched on: :func:`host_identity` without the core
+    set (part of a configuration, see :func:`trtsweep.run_tags.config_identity`) and without the GPU
+    driver, which is software: a driver upgrade, like a library upgrade, is compared with the history."""
+    return digest({k: v for k, v in host_identity().items() if k != "gpu_driver"}, 12)

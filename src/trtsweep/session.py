@@ -124,6 +124,11 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
         if tracker is not None:
             parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
     except Exception as e:
+        if tracking_config(cfg).required:  # trtsweep nightly: no history to compare with, no point measuring
+            from trtsweep.tracking import resolve_uri
+
+            fail(f"MLflow at {resolve_uri(tracking_config(cfg).uri)} is unavailable ({one_line(e, 300)}); fix: start "
+                 "the tracking server, or point tracking.uri= (or MLFLOW_TRACKING_URI) to a reachable one")
         log.error("MLflow unavailable, continuing without it: %s", one_line(e))
         log.debug("MLflow error", exc_info=True)
         tracker = None

@@ -19,6 +19,7 @@ from typing import Any
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
 from trtsweep.constraints import violations
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
+from trtsweep.run_tags import trial_tags
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Tracker:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={PARENT_TAG: sweep_key, ROLE_TAG: "parent", **(tags or {})})
+                                     tags={PARENT_TAG: sweep_key, ROLE_TAG: "parent", **self.cfg.tags, **(tags or {})})
         found = self._find(f"tags.`{PARENT_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'parent'")
         winner = found[0].info.run_id if found else run.info.run_id
         if winner != run.info.run_id:
@@ -192,6 +193,8 @@ class Tracker:
             tags["host_id"] = digest(spec.host, 12)
         if result.reason:
             tags["reason"] = result.reason
+        # history tags (trtsweep nightly / baseline): tracking.tags, and the config, machine and model revision
+        tags.update({**self.cfg.tags, **trial_tags(spec)})
         violation = _violation_metrics(result, spec)
         if existing is not None:  # judged again under other bounds (a cached result): no stale verdict stays
             violation = {**{k: 0.0 for k in existing.metrics if k.startswith("violation_")}, **violation}
