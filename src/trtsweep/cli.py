@@ -110,9 +110,10 @@ def compare_cmd(a: argparse.Namespace) -> int:
     for label, df in (("baseline", baseline), ("current", current)):  # over a bound: never the best
         for line in report.violation_lines(df) + report.best_lines(df):
             print(f"{label}: {line}")
-    flagged = report.regressions(baseline, current, a.max_slowdown, a.max_accuracy_loss)
+    flagged = report.regressions(baseline, current, a.max_slowdown, a.max_accuracy_loss, a.sigmas)
     if flagged.empty:
-        print(f"no regressions (throughput within {a.max_slowdown:.0%}, accuracy within {a.max_accuracy_loss})")
+        print(f"no regressions (throughput within {a.max_slowdown:.0%} or the noise, {a.sigmas:g}σ of the repeat "
+              f"spread; accuracy within {a.max_accuracy_loss})")
         return 0
     print(f"{len(flagged)} regression(s):")
     print(flagged.to_string(index=False))
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("current")
     c.add_argument("--max-slowdown", type=float, default=0.10, help="allowed throughput loss (fraction)")
     c.add_argument("--max-accuracy-loss", type=float, default=0.005, help="allowed accuracy_drop increase")
+    c.add_argument("--sigmas", type=float, default=3.0,
+                   help="a slowdown must also exceed this many standard deviations of the two trials' repeat "
+                        "spread (latency_cv), as in trtsweep nightly; 0: --max-slowdown alone decides")
     add_bound_options(c)
     c.set_defaults(fn=compare_cmd)
     k = sub.add_parser("cache", help="what the result/conversion cache holds (ls), and cleaning it (prune)")

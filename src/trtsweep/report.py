@@ -11,6 +11,7 @@ import pandas as pd
 
 from trtsweep.atomic import atomic_write
 from trtsweep.constraints import ACCURACY, NAMES, ConstraintsConfig, setting, verdict, violated
+from trtsweep.regression import THROUGHPUT, Measurement, Rule, speed_change
 from trtsweep.results import MEASURED, TrialStatus
 
 KEY_COLUMNS = ["model", "engine", "precision", "batch_size", "status"]
@@ -272,10 +273,13 @@ def config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def regressions(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: float = 0.10,
-                max_accuracy_loss: float = 0.005) -> pd.DataFrame:
-    """Configurations present in both whose throughput fell by more than ``max_slowdown`` (fraction), whose
-    accuracy_drop rose by more than ``max_accuracy_loss``, or that passed before and fail now.  A row also
-    says when the two results came from different CPUs (then it may be the machine, not a regression)."""
+                max_accuracy_loss: float = 0.005, sigmas: float = 0.0) -> pd.DataFrame:
+    """Configurations present in both whose throughput fell by more than ``max_slowdown`` (fraction) and
+    by more than the noise (``sigmas`` × the two trials' repeat spread, ``latency_cv``: the rule of
+    :mod:`trtsweep.regression`, the nightly's), whose accuracy_drop rose by more than ``max_accuracy_loss``,
+    or that passed before and fail now.  A row also says when the two results came from different CPUs
+    (then it may be the machine, not a regression)."""
+    rule = Rule(floor=max_slowdown, sigmas=sigmas).validate()
     keys = [c for c in config_columns(baseline) if c in current]
     b = baseline.astype({k: str for k in keys}).drop_duplicates(keys, keep="last")
     c = current.astype({k: str for k in keys}).drop_duplicates(keys, keep="last")
@@ -287,9 +291,10 @@ def regressions(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: flo
             now_reason = r.get("reason_now")
             why.append(f"status {r.status_base} → {r.status_now}"
                        + (f" ({now_reason})" if isinstance(now_reason, str) and now_reason else ""))
-        tb, tn = r.get("throughput_ips_base"), r.get("throughput_ips_now")
-        if pd.notna(tb) and pd.notna(tn) and tb > 0 and tn < tb * (1 - max_slowdown):
-            why.append(f"throughput {tb:.1f} → {tn:.1f} items/s ({tn / tb - 1:+.1%})")
+        base, now = ({m: r.get(f"{m}_{side}") for m in (THROUGHPUT, "latency_cv")} for side in ("base", "now"))
+        slower = speed_change(THROUGHPUT, Measurement.of(now), [Measurement.of(base)], rule)
+        if slower is not None and slower.regressed:
+            why.append(slower.text())
         ab, an = r.get("accuracy_drop_base"), r.get("accuracy_drop_now")
         if pd.notna(ab) and pd.notna(an) and an - ab > max_accuracy_loss:
             why.append(f"accuracy_drop {ab:.4f} → {an:.4f}")
