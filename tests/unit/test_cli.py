@@ -42,6 +42,21 @@ def test_compare_flags_slowdown_and_accuracy_loss(tmp_path, capsys):
     assert "False" in capsys.readouterr().out  # different host is said
 
 
+def test_compare_shares_the_nightly_rule_a_slowdown_within_the_repeat_noise_is_not_flagged(tmp_path, capsys):
+    def noisy(name, tput, cv):
+        path = _csv(tmp_path / name, tput)
+        pd.read_csv(path).assign(latency_cv=cv).to_csv(path, index=False)
+        return path
+
+    base = noisy("base.csv", 1000, 0.08)
+    assert main(["compare", base, noisy("now.csv", 850, 0.08)]) == 0  # -15%: past 10%, within 3σ of the noise
+    assert "or the noise" in capsys.readouterr().out
+    assert main(["compare", base, noisy("now.csv", 850, 0.08), "--sigmas", "0"]) == 1  # the floor alone
+    steady = noisy("steady.csv", 1000, 0.01)
+    assert main(["compare", steady, noisy("quiet.csv", 850, 0.01)]) == 1  # steady repeats: a real slowdown
+    assert "noise 4.2%, floor 10%" in capsys.readouterr().out
+
+
 def test_report_prints_best_and_writes_plot(tmp_path, capsys):
     csv = _csv(tmp_path / "r.csv", 1000)
     assert main(["report", csv, "--plot", str(tmp_path / "p.png")]) == 0
