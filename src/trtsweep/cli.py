@@ -1,7 +1,10 @@
 """``trtsweep`` command: ``doctor`` (which engines can run here, and why not), ``cache ls|prune``
 (what the result and conversion cache holds; removing stale entries), ``report`` (tables,
 Pareto front and plots from a results.csv), ``compare`` (flag regressions against a baseline, for
-nightly jobs: exit code 1 when any configuration got slower or less accurate than allowed).  ``report``
+nightly jobs: exit code 1 when any configuration got slower or less accurate than allowed), ``nightly``
+(the nightly preset measured afresh, each configuration judged against its MLflow history: exit 1 on a
+regression, 2 on an error; :mod:`trtsweep.nightly`) and ``baseline pin|unpin|ls`` (a run or sweep each
+nightly also compares with).  ``report``
 and ``compare`` take the bounds of ``constraints.*`` (``--max-latency-p99-ms`` …, ``--max-accuracy-drop``)
 and judge every row with them, as a sweep judges its trials."""
 
@@ -13,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trtsweep.errors import TrtsweepError
+from trtsweep.errors import TrtsweepError, one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,6 +123,39 @@ def compare_cmd(a: argparse.Namespace) -> int:
     return 1
 
 
+def nightly_cmd(a: argparse.Namespace) -> int:
+    from trtsweep import nightly
+    from trtsweep.regression import Rule
+
+    return nightly.run(a.overrides, a.history, Rule(floor=a.floor, sigmas=a.sigmas))
+
+
+def baseline_cmd(a: argparse.Namespace) -> int:
+    from trtsweep import baseline
+    from trtsweep.identity import machine_id
+    from trtsweep.tracking import resolve_uri
+
+    uri = resolve_uri(a.tracking_uri)
+    baseline.connect(uri)
+    if a.action == "ls":
+        runs = baseline.pinned_runs(None if a.all_machines else machine_id())
+        print(f"{len(runs)} pinned baseline(s) at {uri}" + ("" if a.all_machines else f" for this machine "
+                                                              f"({machine_id()})") + (":" if runs else ""))
+        for r in runs:
+            print("  " + baseline.describe(r))
+        return 0
+    if not a.target:
+        raise ValueError(f"baseline {a.action} needs a run id or a sweep directory; fix: trtsweep baseline "
+                         f"{a.action} <run-id | outputs/multirun/<date>/<time>>")
+    done = (baseline.pin if a.action == "pin" else baseline.unpin)(a.target)
+    print(f"{a.action}ned {len(done.runs)} configuration(s) at {uri}:")
+    for r in done.runs:
+        print("  " + baseline.describe(r))
+    for r in done.replaced:
+        print("  replaces " + baseline.describe(r))
+    return 0
+
+
 def cache_cmd(a: argparse.Namespace) -> int:
     from trtsweep import cache
 
@@ -160,6 +196,23 @@ def main(argv: list[str] | None = None) -> int:
                         "spread (latency_cv), as in trtsweep nightly; 0: --max-slowdown alone decides")
     add_bound_options(c)
     c.set_defaults(fn=compare_cmd)
+    n = sub.add_parser("nightly", help="the nightly preset (or the overrides given) measured afresh, each "
+                       "configuration compared with its MLflow history: exit 0 fine, 1 a regression, 2 an error",
+                       description="Options first, then Hydra overrides (e.g. model=mobilenet_v2 engine=tflite).")
+    n.add_argument("--history", type=int, default=7, metavar="N",
+                   help="compare with the median of the last N successful nightly runs on this machine (7)")
+    n.add_argument("--floor", type=float, default=0.05,
+                   help="a slowdown smaller than this never counts (fraction; 0.05)")
+    n.add_argument("--sigmas", type=float, default=3.0,
+                   help="a slowdown must also exceed this many standard deviations of the noise (3)")
+    n.add_argument("overrides", nargs="*", help="Hydra overrides of the preset sweeps/nightly.yaml")
+    n.set_defaults(fn=nightly_cmd)
+    b = sub.add_parser("baseline", help="pin a run or a sweep as the baseline each nightly also compares with")
+    b.add_argument("action", choices=("pin", "unpin", "ls"))
+    b.add_argument("target", nargs="?", help="a trial run id, a sweep's parent run id, or a sweep directory")
+    b.add_argument("--tracking-uri", help="the MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    b.add_argument("--all-machines", action="store_true", help="ls: pinned baselines of every machine")
+    b.set_defaults(fn=baseline_cmd)
     k = sub.add_parser("cache", help="what the result/conversion cache holds (ls), and cleaning it (prune)")
     k.add_argument("action", choices=("ls", "prune"))
     k.add_argument("--cache-dir", default=os.environ.get("TRTSWEEP_CACHE_DIR", "outputs/cache"))
@@ -172,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         return a.fn(a)
     except (OSError, ValueError, KeyError, TrtsweepError) as e:
         print(f"trtsweep: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # never exit 1 (a regression, to nightly and compare) for a crash
+        if a.cmd not in ("nightly", "compare", "baseline"):
+            raise
+        import logging
+
+        logging.getLogger("trtsweep").debug("error", exc_info=True)
+        print(f"trtsweep: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 
