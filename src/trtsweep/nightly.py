@@ -56,6 +56,8 @@ def run(overrides: list[str], history: int = 7, rule: Rule | None = None) -> int
     given = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")), None)
     sweep_dir = Path(given.strip("'\"") if given else f"outputs/nightly/{date}/{time.strftime('%H-%M-%S', now)}")
     code = _sweep(hydra_args(overrides, stamp, date, sweep_dir))
+    if code == 2:  # a configuration error: the sweep said which, in one line
+        return 2
     if code:
         return _error(f"the nightly sweep stopped (exit code {code}, see above); nothing was judged")
     try:
