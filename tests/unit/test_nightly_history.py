@@ -203,3 +203,22 @@ def test_the_rule_needs_both_the_floor_and_the_noise(store, specs):
     assert judge(slower, rule=Rule(floor=0.05, sigmas=3)).exit_code == 1  # past both
     assert judge(slower, rule=Rule(floor=0.20, sigmas=3)).exit_code == 0  # within the floor
     assert judge(slower, rule=Rule(floor=0.05, sigmas=10)).exit_code == 0  # within the noise
+
+
+def test_baseline_command_pins_a_sweep_directory_lists_and_refuses_unknown_runs(store, specs, tmp_path, capsys):
+    from trtsweep.cli import main
+
+    sweep_dir = tmp_path / "outputs" / "multirun" / "2026-11-01" / "02-00-00"
+    sweep_dir.mkdir(parents=True)
+    Nights(store, specs).night(days_ago=3, only=["tflite-fp32"], nightly_run=False,
+                               tags={"sweep_dir": str(sweep_dir.resolve())})
+    assert main(["baseline", "pin", str(sweep_dir), "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "pinned 1 configuration(s)" in out and specs["tflite-fp32"][0].label() in out
+    assert main(["baseline", "ls", "--tracking-uri", store]) == 0
+    assert "1 pinned baseline(s)" in capsys.readouterr().out
+    assert main(["baseline", "pin", "0" * 32, "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no MLflow run" in err and "fix:" in err
+    assert main(["baseline", "pin", "--tracking-uri", store]) == 2
+    assert "needs a run id or a sweep directory" in capsys.readouterr().err
