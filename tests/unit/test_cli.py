@@ -94,3 +94,27 @@ def test_sweep_runs_the_hydra_app_with_the_packaged_configs(capsys):
         assert capsys.readouterr().out.strip() == "hydra_plugins.trtsweep_sweepers.optuna.OptunaSweeper"
     finally:
         GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("args, fix", [(["--history", "0"], "--history 7"), (["--floor", "2"], "--floor 0.05"),
+                                       (["--sigmas", "-1"], "--sigmas 3")])
+def test_nightly_refuses_bad_options_before_measuring_anything(args, fix, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["nightly", *args, "model=digits_cnn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fix in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_nightly_sweep_arguments_tag_every_run_and_require_mlflow():
+    from pathlib import Path
+
+    from trtsweep.nightly import hydra_args
+
+    args = hydra_args(["model=digits_cnn", "engine=tflite"], "20261128T020000", "2026-11-28", Path("out/n"))
+    assert args[:4] == ["-m", "+sweep=nightly", "model=digits_cnn", "engine=tflite"]
+    assert "+tracking.tags.nightly='true'" in args and "+tracking.tags.nightly_run='20261128T020000'" in args
+    assert "tracking.required=true" in args and "hydra.sweep.dir=out/n" in args
+    suite = next(a for a in args if a.startswith("+tracking.tags.nightly_suite="))
+    same = hydra_args(["engine=tflite", "model=digits_cnn", "hydra.sweep.dir=x"], "2", "2026-11-29", Path("o"))
+    assert suite in same and "hydra.sweep.dir=o" not in same  # the same suite; the user's directory wins
