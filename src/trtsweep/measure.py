@@ -28,6 +28,7 @@ class Measurement:
     trim: float
     max_cv: float = float("inf")
     repeat_trimmed_ms: list[float] | None = None  # trimmed mean of each repeat (for the CI)
+    step_end_s: list[float] | None = None  # seconds from the start of the warm-up to the end of each repeat
 
     @property
     def cv(self) -> float:
@@ -108,15 +109,18 @@ def timed_repeat(run: Callable[[Any], Any], prepared: Any, min_iters: int, min_t
 
 
 def measure(run: Callable[[Any], Any], prepared: Any, batch_size: int, cfg: MeasureConfig) -> Measurement:
+    start = time.perf_counter()
     for _ in range(cfg.warmup_iters):
         run(prepared)
     all_lat: list[np.ndarray] = []
     means: list[float] = []
     trimmed: list[float] = []
+    ends: list[float] = []
     max_repeats = max(cfg.repeats, cfg.max_repeats)
     while len(means) < cfg.repeats or (repeat_cv(means) > cfg.max_cv and len(means) < max_repeats):
         arr = timed_repeat(run, prepared, cfg.min_iters, cfg.min_time_s)
         all_lat.append(arr)
         means.append(float(arr.mean()))
         trimmed.append(trimmed_mean(arr, cfg.trim))
-    return Measurement(np.concatenate(all_lat), means, batch_size, cfg.trim, cfg.max_cv, trimmed)
+        ends.append(time.perf_counter() - start)
+    return Measurement(np.concatenate(all_lat), means, batch_size, cfg.trim, cfg.max_cv, trimmed, ends)
