@@ -8,8 +8,6 @@ study name; the study is one MLflow parent run and every trial its child run.
 import logging
 import os
 import socket
-import time
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -19,14 +17,18 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from trtsweep.app import plan_sweep
+from trtsweep import steps
+from trtsweep.app import job_config, plan_sweep
+from trtsweep.config import plan_trial
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.results import JobResult, TrialStatus
 from trtsweep.session import ENV_OFFSET, SweepContext, fail, sweep_key, sweep_session
 from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import OBJECTIVES, Outcome, objective_names, tell, trial_outcome
-from ._report import best_and_front, summary_lines, write_report
+from ._prune import ConfidenceBoundPruner
+from ._report import best_and_front, best_feasible, summary_lines, write_report
+from ._search import Search, SearchSettings, Steps
 from ._space import (
     SearchParam,
     SearchSpaceError,
@@ -37,11 +39,12 @@ from ._space import (
     parse_overrides,
     representative_assignments,
     split_space,
-    suggest,
 )
 from ._study import Heartbeat, fail_stale_trials, make_sampler, masked, open_storage, open_study, sampler_label
+from ._warm import OtherStudies, cached_results, cached_trials, default_value, first_configs, same_conversion
 
 log = logging.getLogger(__name__)
+BROUGHT_IN = 100000  # job numbers of the best trials run again for the confirmation (after the trials' own)
 
 
 class OptunaSweeperImpl:
@@ -53,7 +56,11 @@ class OptunaSweeperImpl:
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
         self._summary: List[str] = []
-        self._ran = 0  # trials this worker ran in this sweep
+        self._ran = 0  # trials this worker measured in this sweep
+        self._space: List[SearchParam] = []
+        self._batch_sizes: List[int] = []
+        self._fixed_engine: Optional[str] = None  # the engine when it is not searched
+        self._run_keys: set = set()  # result identities of the jobs run in this sweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -78,6 +85,15 @@ class OptunaSweeperImpl:
         if c.heartbeat_interval < 1 or c.grace_period <= c.heartbeat_interval:
             raise SearchSpaceError(f"hydra.sweeper.grace_period={c.grace_period} must exceed heartbeat_interval="
                                    f"{c.heartbeat_interval} (≥ 1); fix: e.g. heartbeat_interval=10 grace_period=30")
+        if c.pruner not in ("confidence", "none"):
+            raise SearchSpaceError(f"hydra.sweeper.pruner={c.pruner} is unknown; fix: confidence or none")
+        if c.prune_margin < 0:
+            raise SearchSpaceError(f"hydra.sweeper.prune_margin={c.prune_margin} must be ≥ 0; fix: e.g. 0.2")
+        for key in ("stagnation_trials", "stagnation_s"):
+            value = getattr(c, key)
+            if value is not None and value <= 0:
+                raise SearchSpaceError(f"hydra.sweeper.{key}={value} must be > 0 (or null); fix: e.g. "
+                                       f"hydra.sweeper.{key}={'5' if key.endswith('trials') else '600'}")
         sampler_label(c.sampler)  # a name from the table or a node with _target_ (raises naming the fix)
         if not c.study_name or "${" in str(c.study_name):
             raise SearchSpaceError(f"hydra.sweeper.study_name={c.study_name!r} is invalid; "
@@ -115,6 +131,7 @@ class OptunaSweeperImpl:
             raise SearchSpaceError("the search space is empty; fix: give parameters as choice(...), range(...) or "
                                    "interval(...) on the command line or in hydra.sweeper.params")
         keys, fixed_engine = self._engine_keys(space, fixed)
+        self._fixed_engine = fixed_engine
         attach_engine_conditions(space, keys, fixed_engine)
         assignments = representative_assignments(space)
         configs = [self._compose(overrides_for(space, a, fixed), params_text(a)) for a in assignments]
@@ -171,59 +188,125 @@ class OptunaSweeperImpl:
                 log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name,
                          masked(identity), sampler, " & ".join(directions), c.objective,
                          " & accuracy_drop" if c.multi_objective else "", c.n_trials)
+                self._space = space
+                search = self._search(study, storage, space, fixed, plan, session)
                 try:
-                    self._run_trials(study, storage, space, fixed, session)
+                    self._warm_start(search, space, fixed, plan)
+                    reason = search.run()
+                    log.info("optuna: search stopped: %s", reason)
+                    self._bring_in_best(study, fixed, plan)
                 finally:  # interrupted too: the study's report, before the sweep's own results table
-                    self._finish(study, session)
+                    self._finish(study, session, search)
         finally:
             if session is not None:  # after the results table: the confirmed winner (only for a finished study)
                 print("\n".join(self._summary + confirmed_lines(session.table)), flush=True)
         return None
 
-    def _run_trials(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
-                    ctx: SweepContext) -> None:
+    def _search(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
+                plan: Any, ctx: SweepContext) -> Search:
         c = self.conf
-        started = time.monotonic()
-        for local in range(c.n_trials):
-            if c.timeout is not None and time.monotonic() - started > c.timeout:
-                log.info("optuna: timeout of %s s reached after %d trial(s)", c.timeout, self._ran)
-                break
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
-                log.info("optuna: the grid is exhausted after %d trial(s)", self._ran)
-                break
-            self._run_trial(study, storage, space, fixed, ctx, local)
-            self._ran += 1
+        settings = SearchSettings(n_trials=c.n_trials, timeout=c.timeout, stagnation_trials=c.stagnation_trials,
+                                  stagnation_s=c.stagnation_s, seed=c.seed)
+        pruner = None
+        if c.pruner == "confidence":
+            if c.objective == "throughput_ips" and not c.multi_objective:
+                pruner = ConfidenceBoundPruner(margin=c.prune_margin)
+            else:
+                log.info("optuna: pruning is off (it bounds throughput_ips of a single-objective study)")
+        self._batch_sizes = list(plan.batch_sizes)
+        index = OtherStudies(storage, c.study_name)
+        return Search(study, space, settings,
+                      lambda trial, values, steps_: self._evaluate(study, storage, trial, values, fixed, steps_),
+                      known=(lambda values: index.lookup(self._trial_key(space, fixed, values))) if index else None,
+                      pruner=pruner, cheap=self._same_conversion,
+                      before_ask=lambda: fail_stale_trials(study, storage, c.grace_period),
+                      on_told=lambda trial, values, outcome, free: self._told(ctx, trial, outcome, free))
 
-    def _run_trial(self, study: optuna.Study, storage: Any, space: List[SearchParam], fixed: List[str],
-                   ctx: SweepContext, local: int) -> None:
-        fail_stale_trials(study, storage, self.conf.grace_period)
-        with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": see Heartbeat
-            warnings.simplefilter("ignore", UserWarning)
-            trial = study.ask()
+    def _same_conversion(self, a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+        engine = {"engine": self._fixed_engine} if self._fixed_engine else {}
+        return same_conversion({**engine, **a}, {**engine, **b})
+
+    def _trial_key(self, space: List[SearchParam], fixed: List[str], values: Dict[str, Any]) -> Optional[str]:
+        """The result identity these values would have (None if they do not plan)."""
+        try:
+            cfg = self._compose(overrides_for(space, values, fixed), params_text(values))
+            return plan_trial(job_config(cfg), self._batch_sizes).trial_key()
+        except (SearchSpaceError, ConfigError):
+            return None
+
+    def _warm_start(self, search: Search, space: List[SearchParam], fixed: List[str], plan: Any) -> None:
+        c = self.conf
+        if not c.warm_start:
+            return
+        engines, fixed_engine = self._engine_defaults(space, fixed)
+        first = first_configs(space, engines, fixed_engine)
+        cfg = plan.configs[0]
+        max_drop = float((cfg.get("fidelity") or {}).get("max_accuracy_drop", 0.01))
+        known = cached_trials(space, cached_results(Path(plan.specs[0].cache_dir) / "results"),
+                              lambda values: self._trial_key(space, fixed, values),
+                              lambda r: trial_outcome(JobResult.of(r, None), None, c.objective, c.multi_objective,
+                                                      max_drop))
+        added = search.warm_start(first, known)
+        log.info("optuna: warm start: %d configuration(s) queued first (TF FP32 baseline, engine defaults), "
+                 "%d added from the result cache", len(first), added)
+
+    def _engine_defaults(self, space: List[SearchParam], fixed: List[str]) -> Tuple[Dict[str, Dict[str, Any]],
+                                                                                       Optional[str]]:
+        """engine → {search parameter → its value in that engine's default config}; and the fixed engine."""
+        engine = next((p for p in space if p.name == "engine"), None)
+        names = [p.name for p in space]
+        out: Dict[str, Dict[str, Any]] = {}
+        choices = list(getattr(engine.distribution, "choices", ())) if engine is not None else [None]
+        fixed_engine = None
+        for e in choices:
+            cfg = self._compose(fixed + ([f"engine={encode_value(e)}"] if e is not None else []), "")
+            name = str(cfg.engine.name)
+            fixed_engine = name if e is None else None
+            out[name] = {n: v for n in names if (v := default_value(cfg, n)) is not None}
+        return out, fixed_engine
+
+    def _bring_in_best(self, study: optuna.Study, fixed: List[str], plan: Any) -> None:
+        """The final answer goes through the confirmation step: the best feasible trials that were not run
+        in this sweep (known from the result cache, another study, an earlier run of this study) are run as
+        jobs now — served from the result cache where it has them — so the confirmation sees them too."""
+        top_k = int((plan.configs[0].get("confirm") or {}).get("top_k", 3))
+        best = best_feasible(study, top_k)
+        todo = [t for t in best if t.user_attrs.get("trial_key") not in self._run_keys and t.params]
+        for i, t in enumerate(todo):
+            overrides = overrides_for(self._space, t.params, fixed)
+            log.info("optuna: bringing trial #%d (%s) into this sweep for the confirmation", t.number,
+                     params_text(t.params))
+            os.environ[ENV_OFFSET] = str(self._ran + i - (BROUGHT_IN + i))
+            self.launcher.launch([overrides], initial_job_idx=BROUGHT_IN + i)
+
+    def _evaluate(self, study: optuna.Study, storage: Any, trial: optuna.Trial, values: Dict[str, Any],
+                  fixed: List[str], steps_: Steps) -> Outcome:
+        """Run the trial as a Hydra job (its heartbeat beating, its measurement steps reported)."""
         with Heartbeat(storage, trial._trial_id, self.conf.heartbeat_interval):
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: fail_orphaned_trials
-            outcome = self._launch(study, trial, space, fixed, local)
-        tell(study, trial, outcome)
+            with steps.observing(steps_):
+                return self._launch(study, trial, values, fixed)
+
+    def _told(self, ctx: SweepContext, trial: optuna.Trial, outcome: Outcome, free: bool) -> None:
         self._tag_child(ctx, trial.number, outcome)
         names = objective_names(self.conf.objective, self.conf.multi_objective)  # one per value
         value = (" " + ", ".join(f"{n}={v:.6g}" for n, v in zip(names, outcome.values, strict=True))
                  if outcome.values else "")
         why = f" — {outcome.attrs['reason']}" if outcome.state != "COMPLETE" and "reason" in outcome.attrs else ""
-        log.info("optuna: trial #%d %s%s%s%s", trial.number, outcome.label, value,
-                 " (from the result cache)" if outcome.attrs.get("cached") else "", why)
+        where = (f" (known from {outcome.attrs['known_from']}: not measured again)" if "known_from" in outcome.attrs
+                 else " (from the result cache: not counted)" if outcome.attrs.get("cached") else "")
+        log.info("optuna: trial #%d %s%s%s%s", trial.number, outcome.label, value, where, why)
+        if not free:
+            self._ran += 1
+        if outcome.attrs.get("trial_key") and "known_from" not in outcome.attrs:
+            self._run_keys.add(outcome.attrs["trial_key"])
 
-    def _launch(self, study: optuna.Study, trial: optuna.Trial, space: List[SearchParam], fixed: List[str],
-                local: int) -> Outcome:
-        """Suggest the trial's values and run it as a Hydra job through the task function."""
+    def _launch(self, study: optuna.Study, trial: optuna.Trial, values: Dict[str, Any], fixed: List[str]) -> Outcome:
+        """Run the trial's values as a Hydra job through the task function."""
         c = self.conf
-        try:
-            values = suggest(trial, space)
-        except ValueError as e:  # e.g. a retried trial from an older, different space
-            return trial_outcome(None, f"cannot reuse this trial's parameters: {one_line(e)}", c.objective,
-                                 c.multi_objective, 0.0)
-        overrides = overrides_for(space, values, fixed)
+        overrides = overrides_for(self._space, values, fixed)
         trial.set_user_attr("overrides", overrides)
-        os.environ[ENV_OFFSET] = str(local - trial.number)  # progress shows [local/n_trials]
+        os.environ[ENV_OFFSET] = str(self._ran - trial.number)  # progress shows [measured here/n_trials]
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except BaseException as e:  # SystemExit (invalid config), KeyboardInterrupt: stop the study
@@ -248,11 +331,14 @@ class OptunaSweeperImpl:
             log.error("could not tag MLflow run %s: %s", run_id, one_line(e))
 
     # ---- end of sweep ----
-    def _finish(self, study: optuna.Study, ctx: SweepContext) -> None:
+    def _finish(self, study: optuna.Study, ctx: SweepContext, search: Search) -> None:
         """The study's summary lines, files and MLflow entries; never raises (the trials are safe in the
         study, and the sweep must still be closed)."""
         try:
             self._report(study, ctx)
+            self._summary.insert(1, f"optuna stopped: {search.stop_reason or 'interrupted'} — {search.fresh} "
+                                    f"measured here, {search.free} answered from earlier results, "
+                                    f"{search.pruned} pruned after a measurement step")
         except Exception as e:
             log.error("could not report the study: %s", one_line(e))
             log.debug("study report error", exc_info=True)

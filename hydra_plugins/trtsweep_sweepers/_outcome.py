@@ -2,7 +2,8 @@
 
 ``ok`` → COMPLETE with the objective; ``accuracy_violation`` → COMPLETE but infeasible (a constraint
 > 0, so Optuna's ``study.best_trial`` / ``best_trials`` never pick it and TPE / NSGA-II steer away);
-``skipped`` → PRUNED; ``failed`` → FAIL.
+``skipped`` (unsupported here) and ``pruned`` (stopped after a measurement step, with its partial
+figures) → PRUNED; ``failed`` → FAIL.
 """
 
 import math
@@ -25,7 +26,8 @@ OBJECTIVES: Dict[str, str] = {
 }
 ACCURACY_OBJECTIVE = "accuracy_drop"
 CONSTRAINT_ATTR = "constraint"  # user attribute [accuracy_drop - fidelity.max_accuracy_drop]; > 0 is infeasible
-METRIC_ATTRS = ("throughput_ips", "latency_p50_ms", "latency_p99_ms", "accuracy", "accuracy_drop", "top1_agreement")
+METRIC_ATTRS = ("throughput_ips", "throughput_ci_low", "throughput_ci_high", "latency_p50_ms", "latency_p99_ms",
+                "accuracy", "accuracy_drop", "top1_agreement", "timed_repeats")
 # where Optuna 4 keeps a trial's constraints (what its samplers' ``constraints_func`` writes, and what its
 # ``best_trial`` / ``best_trials`` and plots read); Optuna ≥ 5 has ``Trial.set_constraint`` for it
 _OPTUNA4_CONSTRAINTS_KEY = "constraints"
@@ -54,7 +56,7 @@ def trial_outcome(result: Optional[JobResult], error: Optional[str], objective: 
     attrs.update({k: float(metrics[k]) for k in METRIC_ATTRS if _finite(metrics.get(k))})
     if result.reason:
         attrs["reason"] = str(result.reason)
-    if status == TrialStatus.SKIPPED:
+    if status in (TrialStatus.SKIPPED, TrialStatus.PRUNED):  # unsupported here, or stopped after a step
         return Outcome("PRUNED", None, False, attrs)
     if status not in MEASURED:
         attrs.setdefault("reason", f"status {status}")
@@ -101,6 +103,16 @@ def constraint_values(trial: FrozenTrial) -> List[float]:
 def is_infeasible(trial: FrozenTrial) -> bool:
     """A completed trial that violates a constraint (for counts and tables; selection is Optuna's)."""
     return trial.state == TrialState.COMPLETE and any(c > 0 for c in constraint_values(trial))
+
+
+def constraint_kwargs(outcome: Outcome) -> Dict[str, Any]:
+    """``optuna.trial.create_trial`` arguments that carry the outcome's constraints (a trial added, not run)."""
+    if CONSTRAINT_ATTR not in outcome.attrs:
+        return {}
+    values = [float(v) for v in outcome.attrs[CONSTRAINT_ATTR]]
+    if native_constraints():
+        return {"constraints": {ACCURACY_OBJECTIVE: values[0]}}
+    return {"system_attrs": {_OPTUNA4_CONSTRAINTS_KEY: tuple(values)}}
 
 
 def tell(study: Study, trial: Trial, outcome: Outcome) -> None:

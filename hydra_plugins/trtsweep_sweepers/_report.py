@@ -56,6 +56,14 @@ def best_and_front(study: optuna.Study) -> Tuple[Optional[FrozenTrial], List[Fro
     return max(front, key=lambda t: (sign * t.values[0], -t.number)), front
 
 
+def best_feasible(study: optuna.Study, k: int) -> List[FrozenTrial]:
+    """The ``k`` best feasible completed trials on the first objective, best first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not is_infeasible(t) and t.values]
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
+
+
 def study_table(study: optuna.Study) -> pd.DataFrame:
     """Every trial of the study (``study.trials_dataframe``), with a ``feasible`` column for completed trials."""
     df = study.trials_dataframe(attrs=TABLE_ATTRS)

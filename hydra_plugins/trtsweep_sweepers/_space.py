@@ -230,3 +230,34 @@ def representative_assignments(space: Sequence[SearchParam]) -> List[Dict[str, A
                 seen.add(ident)
                 out.append(active)
     return out
+
+
+def config_key(values: Dict[str, Any]) -> str:
+    """One spelling of a configuration (the active parameters), for finding it again."""
+    return json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True, default=str)
+
+
+def enumerate_space(space: Sequence[SearchParam], limit: int = 20000) -> Optional[List[Dict[str, Any]]]:
+    """Every configuration of a finite space (conditional parameters only with their engines), or None for
+    a continuous space or one larger than ``limit``."""
+    try:
+        grids = {p.name: grid_values(p) for p in space}
+    except SearchSpaceError:
+        return None
+    out: List[Dict[str, Any]] = [{}]
+    for p in _ordered(space):
+        nxt: List[Dict[str, Any]] = []
+        for values in out:
+            if p.engines is not None and values.get("engine") not in p.engines:
+                nxt.append(values)
+                continue
+            nxt.extend({**values, p.name: v} for v in grids[p.name])
+        out = nxt
+        if len(out) > limit:
+            return None
+    return out
+
+
+def distance(a: Dict[str, Any], b: Dict[str, Any]) -> int:
+    """How many parameters two configurations differ in (a parameter only one of them has counts once)."""
+    return sum(1 for k in set(a) | set(b) if a.get(k, object()) != b.get(k, object()))

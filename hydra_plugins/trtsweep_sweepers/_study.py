@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import optuna
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 # hydra.sweeper.sampler=<name> → the node built for it
 SAMPLERS: Dict[str, Dict[str, Any]] = {
-    "tpe": {"_target_": "optuna.samplers.TPESampler", "multivariate": True, "group": True},
+    # constant_liar: a running trial counts as a bad one, so workers sharing the study don't all propose it
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "multivariate": True, "group": True, "constant_liar": True},
     "random": {"_target_": "optuna.samplers.RandomSampler"},
     "grid": {"_target_": "optuna.samplers.GridSampler"},  # search_space: the sweep's (finite) space
     "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "warn_independent_sampling": False},
@@ -47,6 +49,9 @@ RETRY_CALLBACK = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback" if 
                          else "RetryFailedTrialCallback")
 _CALLBACK_ARG = "heartbeat_stale_trial_callback" if _OPTUNA5_HEARTBEAT else "failed_trial_callback"
 SINGLE_OBJECTIVE = {"optuna.samplers.CmaEsSampler": "cmaes"}  # samplers that cannot take a second objective
+# samplers that cannot model a categorical parameter (they would sample it at random, silently)
+NUMERIC_ONLY = {"optuna.samplers.CmaEsSampler": "cmaes", "optuna.samplers.QMCSampler": "QMCSampler"}
+CATEGORICAL_OK = "tpe, random, grid, nsgaii (or optuna.samplers.GPSampler, BruteForceSampler)"
 
 
 def sampler_node(sampler: Any) -> Dict[str, Any]:
@@ -82,6 +87,11 @@ def make_sampler(sampler: Any, seed: Optional[int], n_startup_trials: Optional[i
     if n_objectives > 1 and target in SINGLE_OBJECTIVE:
         raise SearchSpaceError(f"sampler={SINGLE_OBJECTIVE[target]} is single-objective; fix: "
                                "hydra.sweeper.sampler=tpe or nsgaii with multi_objective=true")
+    categorical = [p.name for p in space if isinstance(p.distribution, CategoricalDistribution)]
+    if target in NUMERIC_ONLY and categorical:
+        raise SearchSpaceError(f"sampler={NUMERIC_ONLY[target]} cannot model categorical parameters "
+                               f"({', '.join(categorical)}): it would sample them at random; fix: "
+                               f"hydra.sweeper.sampler= one of {CATEGORICAL_OK}")
     fills: Dict[str, Callable[[], Any]] = {  # the sweeper's settings, for the samplers that take them
         "search_space": lambda: grid_search_space(space),
         "seed": lambda: seed,

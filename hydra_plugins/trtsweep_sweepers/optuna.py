@@ -24,7 +24,9 @@ class OptunaSweeperConf:
 
     _target_: str = "hydra_plugins.trtsweep_sweepers.optuna.OptunaSweeper"
     _recursive_: bool = False  # the sampler node is built at sweep time, with the search space and seed
-    n_trials: int = 20  # trials this worker runs (several workers: the study gets the sum)
+    # configurations this worker measures (several workers: the study gets the sum); one already measured (in
+    # this study, another study on the storage, the result cache) is told from that result and not counted
+    n_trials: int = 20
     timeout: Optional[float] = None  # seconds; no new trial is asked after it
     study_name: str = "trtsweep-${name}"
     storage: str = "sqlite:///outputs/optuna.db"  # any SQLAlchemy URL, e.g. postgresql://user:pw@host/db
@@ -38,6 +40,11 @@ class OptunaSweeperConf:
     heartbeat_interval: int = 10  # s between heartbeats of a running trial
     grace_period: int = 30  # s without heartbeat after which a RUNNING trial is failed (and retried)
     max_retry: int = 1  # retries of a trial whose process died
+    warm_start: bool = True  # queue the TF FP32 baseline and engine defaults first; add cached results
+    pruner: str = "confidence"  # confidence: stop a trial whose CI can't reach the best's (throughput) | none
+    prune_margin: float = 0.2  # a trial is pruned only when even mean × (1 + margin) is below the best's CI low
+    stagnation_trials: Optional[int] = None  # stop after this many measured trials without a real improvement
+    stagnation_s: Optional[float] = None  # ... or this many seconds
     # the search space, like the basic sweeper's; from the command line: +hydra.sweeper.params.batch_size='choice(1,8)'
     params: Dict[str, Any] = field(default_factory=dict)
 

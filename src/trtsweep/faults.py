@@ -2,13 +2,15 @@
 crash, hang, raise or run out of memory, so that tests can check a sweep survives them.  Only tests
 set it; it is no config setting.
 
-    TRTSWEEP_TEST_FAULT=crash                 every trial: crash | hang | raise | oom
+    TRTSWEEP_TEST_FAULT=crash                 every trial: crash | hang | raise | oom | slow (every
+                                              inference call takes 5 ms longer: a hopeless configuration)
     TRTSWEEP_TEST_FAULT=hang@data.seed=1      only trials whose spec has data.seed=1 (any dotted key of
                                               TrialSpec.to_dict(): batch_size, engine_params.num_threads…)
 
 The sweep process decides (:func:`fault_for`) and hands the fault to the worker with the trial, which
-injects it (:func:`inject`).  A trial with a fault is never served from the result cache, and the failed
-result it leaves there is never served to a normal run (a failed result never is).
+injects it (:func:`inject`, :func:`slowed`).  A trial with a fault is never served from the result cache,
+and leaves nothing there a normal run could be served: a failed result never is, and a measured one is
+marked with its fault (``report.fault``) and never served.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 from trtsweep.errors import ConfigError
 
 ENV = "TRTSWEEP_TEST_FAULT"
-FAULTS = ("crash", "hang", "raise", "oom")
+FAULTS = ("crash", "hang", "raise", "oom", "slow")
+SLOW_S = 0.005
 
 
 def fault_for(spec: Mapping[str, Any]) -> str | None:
@@ -48,6 +51,18 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "null" if value is None else str(value)
+
+
+def slowed(fault: str | None, run: Any) -> Any:
+    """In the trial worker: the engine's run function, 5 ms slower per call under the ``slow`` fault."""
+    if fault != "slow":
+        return run
+
+    def slow_run(prepared: Any) -> Any:
+        time.sleep(SLOW_S)
+        return run(prepared)
+
+    return slow_run
 
 
 def inject(fault: str | None) -> None:

@@ -28,6 +28,7 @@ class Measurement:
     trim: float
     max_cv: float = float("inf")
     repeat_trimmed_ms: list[float] | None = None  # trimmed mean of each repeat (for the CI)
+    stopped: str | None = None  # the reason the measurement was stopped early (a search pruned it)
     step_end_s: list[float] | None = None  # seconds from the start of the warm-up to the end of each repeat
 
     @property
@@ -108,7 +109,10 @@ def timed_repeat(run: Callable[[Any], Any], prepared: Any, min_iters: int, min_t
     return np.asarray(lat, dtype=np.float64) / 1e6
 
 
-def measure(run: Callable[[Any], Any], prepared: Any, batch_size: int, cfg: MeasureConfig) -> Measurement:
+def measure(run: Callable[[Any], Any], prepared: Any, batch_size: int, cfg: MeasureConfig,
+            on_step: Callable[[int, float], str | None] | None = None) -> Measurement:
+    """Warm-up, then repeats; after each repeat ``on_step(repeat number, its throughput)`` may return a
+    reason to stop (a search pruning a hopeless trial): the measurement so far is returned, ``stopped`` set."""
     start = time.perf_counter()
     for _ in range(cfg.warmup_iters):
         run(prepared)
@@ -116,6 +120,7 @@ def measure(run: Callable[[Any], Any], prepared: Any, batch_size: int, cfg: Meas
     means: list[float] = []
     trimmed: list[float] = []
     ends: list[float] = []
+    stopped = None
     max_repeats = max(cfg.repeats, cfg.max_repeats)
     while len(means) < cfg.repeats or (repeat_cv(means) > cfg.max_cv and len(means) < max_repeats):
         arr = timed_repeat(run, prepared, cfg.min_iters, cfg.min_time_s)
@@ -123,4 +128,8 @@ def measure(run: Callable[[Any], Any], prepared: Any, batch_size: int, cfg: Meas
         means.append(float(arr.mean()))
         trimmed.append(trimmed_mean(arr, cfg.trim))
         ends.append(time.perf_counter() - start)
-    return Measurement(np.concatenate(all_lat), means, batch_size, cfg.trim, cfg.max_cv, trimmed, ends)
+        if on_step is not None:
+            stopped = on_step(len(means), batch_size / (trimmed[-1] / 1000.0) if trimmed[-1] > 0 else float("inf"))
+            if stopped:
+                break
+    return Measurement(np.concatenate(all_lat), means, batch_size, cfg.trim, cfg.max_cv, trimmed, stopped, ends)

@@ -7,6 +7,7 @@ else (MLflow, tables), so a measured result is never lost; re-running skips what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -16,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from trtsweep import steps
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec
 from trtsweep.engines.base import get_engine, make_params
@@ -114,6 +116,9 @@ class WorkerPool:
                     warm_reply_pending = False
                     continue
                 if msg is not None:
+                    if msg[0] == "step":  # a trial's repeat finished: the search's verdict (trtsweep.steps)
+                        self._send_verdict(steps.verdict(msg[1]["step"], msg[1]["throughput_ips"]))
+                        continue
                     if msg[0] == "ok":
                         return msg[1]
                     raise TrialFailure(msg[1], msg[2])
@@ -132,6 +137,11 @@ class WorkerPool:
             if time.monotonic() > deadline:
                 self.kill()
                 raise TrialFailure(f"timed out after {timeout_s:.0f} s (trial.timeout_s); the worker was killed")
+
+
+    def _send_verdict(self, reason: str | None) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):  # the worker died: the poll loop sees it
+            self.conn.send(("step_verdict", reason))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -202,14 +212,14 @@ def execute(spec: TrialSpec) -> TrialResult:
     fault = fault_for(spec.to_dict())  # tests only: never served from the cache
     if not spec.force and fault is None:
         cached = load_cached(spec)
-        if cached is not None and cached.status in MEASURED:
+        if cached is not None and cached.status in MEASURED and not cached.report.get("fault"):
             cached.cached = True
             return cached
     started = time.time()
     p = pool()
     try:
-        out = p.call("trial", {"spec": spec.to_dict(), "fault": fault}, worker_env(spec), spec.trial.timeout_s,
-                     spec.trial.max_memory_mb)
+        out = p.call("trial", {"spec": spec.to_dict(), "fault": fault, "report_steps": steps.current() is not None},
+                     worker_env(spec), spec.trial.timeout_s, spec.trial.max_memory_mb)
     except TrialFailure as f:
         result = TrialResult(key, TrialStatus.FAILED, spec.to_dict(), reason=f.reason, traceback=f.traceback,
                              started_at=started, ended_at=time.time())
@@ -219,7 +229,9 @@ def execute(spec: TrialSpec) -> TrialResult:
                              artifact=out["artifact"], started_at=started, ended_at=time.time(),
                              unstable=bool(out.get("unstable", False)))
         drop = result.metrics.get("accuracy_drop")
-        if drop is not None and drop > spec.fidelity.max_accuracy_drop:
+        if out.get("pruned"):  # stopped by the search after a step: partial figures, never recommended
+            result.status, result.reason = TrialStatus.PRUNED, str(out["pruned"])
+        elif drop is not None and drop > spec.fidelity.max_accuracy_drop:
             result.status = TrialStatus.ACCURACY_VIOLATION
             result.reason = (f"accuracy_drop={drop:.4f} > fidelity.max_accuracy_drop={spec.fidelity.max_accuracy_drop}")
     finally:
@@ -228,7 +240,10 @@ def execute(spec: TrialSpec) -> TrialResult:
     previous = load_cached(spec)
     if previous is not None:  # keep the MLflow links of an earlier attempt (the child run is reused)
         result.mlflow_run_ids = previous.mlflow_run_ids
-    save_result(result, spec.cache_dir)
+    if fault is not None:  # tests only: a distorted measurement, never served (see load_cached)
+        result.report["fault"] = fault
+    if not (result.status == TrialStatus.PRUNED and previous is not None and previous.status in MEASURED):
+        save_result(result, spec.cache_dir)  # a partial (pruned) measurement never replaces a complete one
     return result
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from trtsweep.atomic import atomic_save_npy, atomic_write_json, build_once
 from trtsweep.cache import size_mb
-from trtsweep.faults import inject
+from trtsweep.faults import inject, slowed
 from trtsweep.identity import digest
 
 log = logging.getLogger("trtsweep.worker")
@@ -29,10 +29,13 @@ log = logging.getLogger("trtsweep.worker")
 _models: dict[str, Any] = {}
 _datasets: dict[str, Any] = {}
 _refs: dict[str, np.ndarray] = {}
+_conn: Any = None  # the pipe to the parent (step reports of a trial, see trtsweep.steps)
 
 
 def serve(conn, env: dict[str, str]) -> None:
     """Entry point of the child process."""
+    global _conn
+    _conn = conn
     os.environ.update(env)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  [worker] %(message)s")
@@ -45,6 +48,8 @@ def serve(conn, env: dict[str, str]) -> None:
             return
         if kind == "stop":
             return
+        if kind == "step_verdict":  # a verdict that arrived after its trial ended
+            continue
         try:
             handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "confirm_load": confirm_load,
                        "confirm_run": confirm_run, "confirm_close": confirm_close}[kind]
@@ -202,10 +207,12 @@ def run_trial(payload: dict) -> dict:
                  spec.label(), spec.measure.warmup_iters, spec.measure.min_iters, spec.measure.min_time_s,
                  spec.measure.repeats, spec.measure.max_repeats, 100 * spec.measure.max_cv)
         t_measure = time.perf_counter()
-        m = measure(loaded.run, prepared, spec.batch_size, spec.measure)
+        m = measure(slowed(payload.get("fault"), loaded.run), prepared, spec.batch_size, spec.measure,
+                    on_step=_ask_parent if payload.get("report_steps") else None)
         measure_s = time.perf_counter() - t_measure
         t_fidelity = time.perf_counter()
-        fidelity = _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
+        # a pruned trial is not worth its fidelity pass: it will never be recommended
+        fidelity = {} if m.stopped else _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
         fidelity_s = time.perf_counter() - t_fidelity  # ~0 when served from its cache (same artifact, settings)
         describe = loaded.describe()
     finally:
@@ -225,11 +232,21 @@ def run_trial(payload: dict) -> dict:
                    "repeat_means_ms": m.repeat_means_ms, "repeat_trimmed_ms": m.repeat_trimmed_ms,
                    "step_end_s": m.step_end_s},
         "artifact": str(artifact),
+        "pruned": m.stopped,
         "unstable": m.unstable,
         "host": {**host_facts(), "host.core_set": cores.format_cores(pinned)},
         "started_at": t_start,
         "conversion_cached": conv["conversion_cached"],
     }
+
+
+def _ask_parent(step: int, throughput_ips: float) -> str | None:
+    """Report a finished repeat and wait for the parent's verdict (trtsweep.steps): a reason to stop, or None."""
+    _conn.send(("step", {"step": step, "throughput_ips": throughput_ips}))
+    while True:
+        kind, reason = _conn.recv()
+        if kind == "step_verdict":
+            return reason
 
 
 # ---- confirmation: candidates loaded side by side, timed in interleaved rounds (see trtsweep.confirm) ----
