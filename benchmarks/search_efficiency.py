@@ -269,7 +269,10 @@ def load_grid(path: Path, model: str) -> Grid:
     for rec in recs:
         rec["values"] = row_values(rec, keys, space_keys)
         rec["key"] = tuple(sorted((k, _norm(v)) for k, v in rec["values"].items()))
-        rec["repeats"] = json.loads(rec["repeat_means_ms"]) if isinstance(rec.get("repeat_means_ms"), str) else []
+        for col, name in (("repeat_means_ms", "repeats"), ("repeat_trimmed_ms", "trimmed"),
+                          ("step_end_s", "step_end_s")):
+            rec[name] = json.loads(rec[col]) if isinstance(rec.get(col), str) else []
+        rec["step_ms"] = rec["trimmed"] or rec["repeats"]  # what a step reports: batch ÷ the repeat's trimmed mean
         by_key[rec["key"]] = rec
     ok = [r for r in recs if feasible(r)]
     if not ok:
@@ -282,6 +285,20 @@ def load_grid(path: Path, model: str) -> Grid:
     natural = replay_order(grid, recs)
     grid.total_s = natural.now
     return grid
+
+
+def step_ends(rec: Dict[str, Any]) -> List[float]:
+    """Seconds from the start of the measurement (warm-up included) to the end of each timed repeat: as
+    recorded (``step_end_s``), or, for a grid recorded without it, the approximation: the warm-up share
+    (``warmup_iters`` × the mean repeat latency) first, then ``(measure_time_s − warm-up) / repeats`` each."""
+    if rec["step_end_s"]:
+        return list(rec["step_end_s"])
+    means, measure_s = rec["repeats"], _num(rec, "measure_time_s")
+    if not means:
+        return []
+    warm = min(measure_s, _num(rec, "warmup_iters") * statistics.fmean(means) / 1000.0)
+    step = (measure_s - warm) / len(means)
+    return [warm + step * k for k in range(1, len(means) + 1)]
 
 
 NEVER_PRUNE: Callable[[int, float], bool] = lambda step, value: False  # noqa: E731 - a constant
@@ -300,6 +317,7 @@ class Ledger:
     history: List[Tuple[float, float]] = field(default_factory=list)  # (time, best) after each finished trial
     trials: int = 0
     pruned: int = 0
+    stop_reason: str = ""
     done: List[float] = field(default_factory=list)  # when each fresh measurement finished
 
     def __post_init__(self) -> None:
@@ -323,25 +341,22 @@ class Ledger:
         if rec["conversion_id"] not in self.converted:
             self.now += _num(rec, "convert_time_s") + _num(rec, "calibrate_time_s")
             self.converted.add(rec["conversion_id"])
-        means = rec["repeats"]
-        measure_s = _num(rec, "measure_time_s")
-        warm = min(measure_s, _num(rec, "warmup_iters") * statistics.fmean(means) / 1000.0) if means else 0.0
-        step_s = (measure_s - warm) / max(1, len(means))
-        self.now += warm
+        ends = step_ends(rec)
         batch = float(rec["batch_size"])
-        for k, mean_ms in enumerate(means):
-            self.now += step_s
+        for k, (end, mean_ms) in enumerate(zip(ends, rec["step_ms"], strict=True), start=1):
+            self.now += end - (ends[k - 2] if k > 1 else 0.0)
             if report(k, batch / (mean_ms / 1000.0)):
                 self.pruned += 1
                 self.history.append((self.now, self.best))
-                return "pruned", k + 1
+                return "pruned", k
+        self.now += max(0.0, _num(rec, "measure_time_s") - (ends[-1] if ends else 0.0))
         if rec["fidelity_id"] not in self.checked:
             self.now += self.grid.fidelity_cost.get(rec["fidelity_id"], 0.0)
             self.checked.add(rec["fidelity_id"])
         self.measured[rec["key"]] = rec
         self.done.append(self.now)
         self.finish(rec)
-        return "done", len(means)
+        return "done", len(ends)
 
     def finish(self, rec: Dict[str, Any]) -> None:
         if feasible(rec):
@@ -366,20 +381,21 @@ def replay_random(grid: Grid, seed: int) -> Ledger:
     return replay_order(grid, order)
 
 
-def _as_job_result(rec: Dict[str, Any]) -> Any:
+def _as_job_result(rec: Dict[str, Any], status: Optional[str] = None, reason: Optional[str] = None) -> Any:
     """A recorded row as ``trtsweep.app.run_job`` returns it (a ``trtsweep.results.JobResult``)."""
+    from hydra_plugins.trtsweep_sweepers._outcome import METRIC_ATTRS
     from trtsweep.results import JobResult, TrialStatus
 
-    metrics = {k: rec[k] for k in ("throughput_ips", "latency_p50_ms", "latency_p99_ms", "accuracy", "accuracy_drop",
-                                   "top1_agreement") if k in rec and rec[k] == rec[k]}
-    return JobResult(TrialStatus(rec["status"]), rec.get("trial_key", "") or "",
-                     rec.get("reason") if isinstance(rec.get("reason"), str) else None, metrics)
+    metrics = {} if status else {k: rec[k] for k in METRIC_ATTRS if k in rec and rec[k] == rec[k]}
+    why = reason or (rec.get("reason") if isinstance(rec.get("reason"), str) else None)
+    return JobResult(TrialStatus(status or rec["status"]), rec.get("trial_key", "") or "", why, metrics)
 
 
-def outcome_of(rec: Dict[str, Any]) -> Any:
+def outcome_of(rec: Dict[str, Any], status: Optional[str] = None, reason: Optional[str] = None) -> Any:
     from hydra_plugins.trtsweep_sweepers import _outcome
 
-    return _outcome.trial_outcome(_as_job_result(rec), None, "throughput_ips", False, MAX_ACCURACY_DROP)
+    return _outcome.trial_outcome(_as_job_result(rec, status, reason), None, "throughput_ips", False,
+                                  MAX_ACCURACY_DROP)
 
 
 def build_space(grid: Grid) -> List[Any]:
@@ -390,30 +406,68 @@ def build_space(grid: Grid) -> List[Any]:
     return space
 
 
-def replay_search(grid: Grid, seed: int, budget_s: float) -> Ledger:
-    """The sweeper's ask → suggest → (result cache | run) → tell loop, until ``budget_s`` on the fake clock."""
+_DEFAULTS: Dict[str, Dict[str, Any]] = {}
+
+
+def engine_defaults(space: Sequence[Any]) -> Dict[str, Dict[str, Any]]:
+    """engine → {search parameter → its value in that engine's composed default config}, as the sweeper's
+    warm start reads them (``_impl._engine_defaults``), composed with Hydra's compose API from conf/."""
+    if not _DEFAULTS:
+        from hydra import compose, initialize_config_dir
+
+        from hydra_plugins.trtsweep_sweepers._warm import default_value
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+            for e in ENGINES.split(","):
+                cfg = compose("config", overrides=[f"engine={e}"])
+                _DEFAULTS[e] = {p.name: v for p in space if (v := default_value(cfg, p.name)) is not None}
+    return _DEFAULTS
+
+
+def replay_search(grid: Grid, seed: int, budget_s: float, sampler: str = "") -> Ledger:
+    """The shipped search (``_search.Search`` with the sweeper's default settings: sampler, n_startup_trials,
+    warm start, confidence-bound pruner, same-conversion neighbours) against the grid on the fake clock, until
+    ``budget_s``.  The study is opened as the sweeper opens it (``_study.open_study``, here in memory).
+    ``sampler``: another sampler name than the sweeper's default (an ablation)."""
     import optuna
 
-    from hydra_plugins.trtsweep_sweepers import _outcome, _space, _study
+    from hydra_plugins.trtsweep_sweepers import _prune, _search, _study, _warm
     from hydra_plugins.trtsweep_sweepers.optuna import OptunaSweeperConf
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = build_space(grid)
     conf = OptunaSweeperConf()
+    space = build_space(grid)
+    ledger = Ledger(grid)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sampler = _study.make_sampler(conf.sampler, seed, conf.n_startup_trials, 1, space)
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-    ledger = Ledger(grid)
-    for _ in range(50 * len(grid.rows)):  # a cap: repeats served from the cache cost nothing
-        if ledger.now >= budget_s:
-            break
-        trial = study.ask()
-        values = _space.suggest(trial, space)
+        sampler_obj = _study.make_sampler(sampler or conf.sampler, seed, conf.n_startup_trials, 1, space)
+        study = _study.open_study(optuna.storages.InMemoryStorage(), f"replay-{grid.model}-{seed}", sampler_obj,
+                                  ["maximize"], ["throughput_ips"])
+    pruner = _prune.ConfidenceBoundPruner(margin=conf.prune_margin) if conf.pruner == "confidence" else None
+
+    def evaluate(trial: Any, values: Dict[str, Any], steps: Any) -> Any:
         rec = grid.lookup(values)
-        if rec["key"] not in ledger.measured:
-            ledger.play(rec)
-        _outcome.tell(study, trial, outcome_of(rec))
+        why: List[str] = []
+
+        def report(step: int, value: float) -> bool:
+            reason = steps.report(step, value)
+            if reason:
+                why.append(reason)
+            return bool(reason)
+
+        state, _ = ledger.play(rec, report)
+        return outcome_of(rec, "pruned", why[0]) if state == "pruned" else outcome_of(rec)
+
+    settings = _search.SearchSettings(n_trials=10 * len(grid.rows), timeout=max(0.0, budget_s - ledger.now),
+                                      stagnation_trials=conf.stagnation_trials, stagnation_s=conf.stagnation_s,
+                                      seed=seed)
+    search = _search.Search(study, space, settings, evaluate, pruner=pruner, cheap=_warm.same_conversion,
+                            clock=ledger.clock)
+    if conf.warm_start:
+        search.warm_start(_warm.first_configs(space, engine_defaults(space), None), [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ledger.stop_reason = search.run()
     return ledger
 
 
@@ -422,15 +476,19 @@ def replay_search(grid: Grid, seed: int, budget_s: float) -> Ledger:
 @dataclass
 class Summary:
     name: str
-    shares: Dict[float, List[float]]  # fraction -> share of the grid-best per seed
-    measured: List[int]  # distinct configurations fully measured by the largest budget, per seed
-    pruned: List[int]
+    shares: Dict[float, List[float]]  # fraction of the grid's wall time -> share of the grid-best, per seed
+    trial_shares: Dict[float, List[float]]  # the same on trial time only (start-up off the clock and the total)
+    measured: List[int]  # configurations fully measured by the largest budget, per seed
+    pruned: List[int]  # trials pruned after a measurement step by then
 
 
 def summarize(name: str, grid: Grid, ledgers: Sequence[Ledger]) -> Summary:
-    shares = {f: [lg.best_at(f * grid.total_s) / grid.best_tput for lg in ledgers] for f in FRACTIONS}
-    last = max(FRACTIONS) * grid.total_s
-    return Summary(name, shares, [sum(t <= last for t in lg.done) for lg in ledgers], [lg.pruned for lg in ledgers])
+    start, total = grid.sweep_overhead_s, grid.total_s
+    shares = {f: [lg.best_at(f * total) / grid.best_tput for lg in ledgers] for f in FRACTIONS}
+    trial = {f: [lg.best_at(start + f * (total - start)) / grid.best_tput for lg in ledgers] for f in FRACTIONS}
+    last = max(FRACTIONS) * total
+    return Summary(name, shares, trial, [sum(t <= last for t in lg.done) for lg in ledgers],
+                   [lg.pruned for lg in ledgers])
 
 
 def evaluate(grid: Grid, seeds: int) -> List[Summary]:
@@ -439,6 +497,7 @@ def evaluate(grid: Grid, seeds: int) -> List[Summary]:
         summarize("optuna search (as shipped)", grid, [replay_search(grid, s, budget) for s in range(seeds)]),
         summarize("random order", grid, [replay_random(grid, s) for s in range(seeds)]),
         summarize("grid, natural order", grid, [replay_order(grid, grid.rows)]),
+        summarize("search, random sampler (*)", grid, [replay_search(grid, s, budget, "random") for s in range(seeds)]),
     ]
 
 
@@ -474,6 +533,10 @@ def print_grid(grid: Grid, table: Sequence[Summary], seeds: int) -> bool:
             mark = "*" if med * grid.best_tput >= grid.best_ci_low else " "
             cells += f"{f'{med:6.1%}{mark} / {worst:6.1%}':>22}"
         print(f"   {s.name:28}{cells}{f'{statistics.median(s.measured):.0f} / {statistics.median(s.pruned):.0f}':>28}")
+    print("   (*) an ablation: the shipped loop (warm start, pruning, cheap neighbours) with Optuna's RandomSampler")
+    print("   trial time only (the start-up off the clock and the total), median: " + "; ".join(
+        f"{t.name.split(' (')[0]} " + "/".join(f"{statistics.median(t.trial_shares[f]):.0%}" for f in FRACTIONS)
+        for t in table))
     search = table[0]
     med = statistics.median(search.shares[max(FRACTIONS)])
     ok = med * grid.best_tput >= grid.best_ci_low
