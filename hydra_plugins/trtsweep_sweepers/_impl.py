@@ -40,7 +40,16 @@ from ._space import (
     representative_assignments,
     split_space,
 )
-from ._study import Heartbeat, fail_stale_trials, make_sampler, masked, open_storage, open_study, sampler_label
+from ._study import (
+    check_sampler_space,
+    fail_stale_trials,
+    heartbeat,
+    make_sampler,
+    masked,
+    open_storage,
+    open_study,
+    sampler_label,
+)
 from ._warm import OtherStudies, cached_results, cached_trials, default_value, first_configs, same_conversion
 
 log = logging.getLogger(__name__)
@@ -170,6 +179,7 @@ class OptunaSweeperImpl:
             self._check_settings()
             directions = self._directions()
             space, fixed = split_space(parse_overrides(lines, self.hydra_context.config_loader))
+            check_sampler_space(c.sampler, space)  # before the plan builds models
             plan = self._validate(space, fixed)
             study, storage = self._open_study(space, directions)
         except SearchSpaceError as e:
@@ -242,7 +252,10 @@ class OptunaSweeperImpl:
         first = first_configs(space, engines, fixed_engine)
         cfg = plan.configs[0]
         max_drop = float((cfg.get("fidelity") or {}).get("max_accuracy_drop", 0.01))
-        known = cached_trials(space, cached_results(Path(plan.specs[0].cache_dir) / "results"),
+        models = {spec.model.name for spec in plan.specs}
+        results = (r for r in cached_results(Path(plan.specs[0].cache_dir) / "results")
+                   if (r.spec.get("model") or {}).get("name") in models)  # cheap first cut; the key decides
+        known = cached_trials(space, results,
                               lambda values: self._trial_key(space, fixed, values),
                               lambda r: trial_outcome(JobResult.of(r, None), None, c.objective, c.multi_objective,
                                                       max_drop))
@@ -282,7 +295,7 @@ class OptunaSweeperImpl:
     def _evaluate(self, study: optuna.Study, storage: Any, trial: optuna.Trial, values: Dict[str, Any],
                   fixed: List[str], steps_: Steps) -> Outcome:
         """Run the trial as a Hydra job (its heartbeat beating, its measurement steps reported)."""
-        with Heartbeat(storage, trial._trial_id, self.conf.heartbeat_interval):
+        with heartbeat(storage, trial._trial_id, self.conf.heartbeat_interval):
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: fail_orphaned_trials
             with steps.observing(steps_):
                 return self._launch(study, trial, values, fixed)

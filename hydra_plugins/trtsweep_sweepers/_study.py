@@ -7,6 +7,7 @@ settings (``seed``, ``n_startup_trials``, the grid for ``GridSampler``, Optuna 4
 go to any sampler whose constructor takes them, unless the node sets them itself.
 """
 
+import contextlib
 import datetime
 import inspect
 import logging
@@ -74,6 +75,16 @@ def sampler_label(sampler: Any) -> str:
     return sampler if isinstance(sampler, str) else str(sampler_node(sampler)["_target_"]).rsplit(".", 1)[-1]
 
 
+def check_sampler_space(sampler: Any, space: Sequence[SearchParam]) -> None:
+    """A sampler that cannot model the space is an error (before any work), naming the samplers that can."""
+    target = str(sampler_node(sampler)["_target_"])
+    categorical = [p.name for p in space if isinstance(p.distribution, CategoricalDistribution)]
+    if target in NUMERIC_ONLY and categorical:
+        raise SearchSpaceError(f"sampler={NUMERIC_ONLY[target]} cannot model categorical parameters "
+                               f"({', '.join(categorical)}): it would sample them at random; fix: "
+                               f"hydra.sweeper.sampler= one of {CATEGORICAL_OK}")
+
+
 def make_sampler(sampler: Any, seed: Optional[int], n_startup_trials: Optional[int], n_objectives: int,
                  space: Sequence[SearchParam]) -> optuna.samplers.BaseSampler:
     """Build the sampler with ``hydra.utils.instantiate``, filling in the sweeper's settings it takes."""
@@ -87,11 +98,7 @@ def make_sampler(sampler: Any, seed: Optional[int], n_startup_trials: Optional[i
     if n_objectives > 1 and target in SINGLE_OBJECTIVE:
         raise SearchSpaceError(f"sampler={SINGLE_OBJECTIVE[target]} is single-objective; fix: "
                                "hydra.sweeper.sampler=tpe or nsgaii with multi_objective=true")
-    categorical = [p.name for p in space if isinstance(p.distribution, CategoricalDistribution)]
-    if target in NUMERIC_ONLY and categorical:
-        raise SearchSpaceError(f"sampler={NUMERIC_ONLY[target]} cannot model categorical parameters "
-                               f"({', '.join(categorical)}): it would sample them at random; fix: "
-                               f"hydra.sweeper.sampler= one of {CATEGORICAL_OK}")
+    check_sampler_space(sampler, space)
     fills: Dict[str, Callable[[], Any]] = {  # the sweeper's settings, for the samplers that take them
         "search_space": lambda: grid_search_space(space),
         "seed": lambda: seed,
@@ -119,9 +126,20 @@ def masked(url: str) -> str:
         return re.sub(r"//[^@/]*@", "//***@", url)
 
 
+JOURNAL = "journal:"
+
+
 def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retry: int,
-                 attempts: int = 3) -> RDBStorage:
-    """RDBStorage with heartbeats and retry of dead trials; retried when workers race on creating tables."""
+                 attempts: int = 3) -> Any:
+    """RDBStorage with heartbeats and retry of dead trials; retried when workers race on creating tables.
+    ``journal:<file>``: Optuna's JournalStorage on a file (several processes on one machine, no server;
+    no heartbeat, so a trial whose process died stays RUNNING instead of being retried)."""
+    if url.startswith(JOURNAL):
+        path = Path(url[len(JOURNAL):].removeprefix("//")).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
     url = absolute_sqlite_uri(url)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -151,14 +169,19 @@ def open_study(storage: RDBStorage, study_name: str, sampler: optuna.samplers.Ba
     have = [d.name.lower() for d in study.directions]
     named = study.metric_names
     if have != directions or (named is not None and named != metric_names):
-        raise SearchSpaceError(f"study {study_name} in {masked(storage.url)} optimises "
-                               f"{named or have}, not {metric_names} ({directions}); "
-                               "fix: a new hydra.sweeper.study_name, or the study's objective")
+        where = masked(getattr(storage, "url", "the journal file"))
+        raise SearchSpaceError(f"study {study_name} in {where} optimises {named or have}, not {metric_names} "
+                               f"({directions}); fix: a new hydra.sweeper.study_name, or the study's objective")
     if named is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             study.set_metric_names(metric_names)  # trials_dataframe's and the dashboard's column names
     return study
+
+
+def heartbeat(storage: Any, trial_id: int, interval: float) -> Any:
+    """A :class:`Heartbeat` for the trial, or a do-nothing context where the storage has no heartbeats."""
+    return Heartbeat(storage, trial_id, interval) if isinstance(storage, RDBStorage) else contextlib.nullcontext()
 
 
 class Heartbeat:
@@ -190,6 +213,8 @@ class Heartbeat:
 
 def fail_stale_trials(study: optuna.Study, storage: RDBStorage, grace_period: float) -> None:
     """Fail (and re-queue) RUNNING trials whose process died: Optuna's heartbeat check, plus orphans."""
+    if not isinstance(storage, RDBStorage):  # a journal file: no heartbeats to judge by
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

@@ -191,9 +191,12 @@ class OtherStudies:
         except Exception as e:  # noqa: BLE001 - an index is an optimisation
             log.warning("optuna: could not list the other studies: %s", e)
             summaries = []
-        for s in summaries:
-            for t in storage.get_all_trials(s._study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
+        for s in summaries:  # complete trials, and those the search pruned after a step (partial figures)
+            for t in storage.get_all_trials(s._study_id, deepcopy=False,
+                                            states=(TrialState.COMPLETE, TrialState.PRUNED)):
                 key = t.user_attrs.get("trial_key")
+                if t.state == TrialState.PRUNED and t.user_attrs.get("status") != "pruned":
+                    continue  # skipped (unsupported): planned again, at no cost
                 if key and key not in self.by_key and not t.user_attrs.get("known_from"):
                     self.by_key[key] = t
                     self.names[key] = s.study_name
@@ -207,4 +210,6 @@ class OtherStudies:
             return None
         from ._search import outcome_of
 
-        return outcome_of(t, f"study {self.names[trial_key or '']} trial #{t.number}")
+        outcome = outcome_of(t, f"study {self.names[trial_key or '']} trial #{t.number}")
+        outcome.attrs.pop("mlflow_run_id", None)  # a run of another sweep: not this study's to tag
+        return outcome

@@ -317,7 +317,12 @@ def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_pat
     proc = run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(f"sqlite:///{tmp_path}/optuna.db", "search")
-    assert len(study.trials) == 8 and sorted(numbers_unique(study)) == list(range(8))
+    numbers_unique(study)
+    configs = {_space.config_key(t.params) for t in study.trials}
+    assert len(configs) == 8  # the whole space: 6 measured + 2 skipped (engine=tf int8) are free
+    run_here = [t for t in study.trials if "known_from" not in t.user_attrs]  # the rest: repeats, told
+    assert len(run_here) == 8 and len({_space.config_key(t.params) for t in run_here}) == 8
+    assert "space exhausted: all 8 configuration(s) measured" in proc.stdout
     states = {t.state.name for t in study.trials}
     assert states <= {"COMPLETE", "PRUNED"}, [(t.number, t.state.name, t.user_attrs.get("reason"))
                                               for t in study.trials]
@@ -352,6 +357,7 @@ def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_pat
     ("engine.nonexistent=choice(1,2)", "nonexistent is not a parameter of engine=tflite"),
     ("batch_size=range(0,3)", "batch_size=0 is invalid"),
     ("hydra.sweeper.objective=speed", "hydra.sweeper.objective=speed is unknown"),
+    ("hydra.sweeper.sampler=cmaes", "sampler=cmaes cannot model categorical parameters (precision)"),
 ])
 def test_invalid_space_fails_before_the_first_trial(tmp_path, override, expected):
     cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,int8)", override, study="bad")

@@ -251,3 +251,17 @@ def test_measurement_steps_can_stop_a_measurement():
     assert all(t > 0 for _, t in calls) and len(m.step_end_s) == 2 and m.step_end_s[1] > m.step_end_s[0]
     full = measure(lambda x: None, None, 1, cfg)
     assert full.stopped is None and len(full.repeat_means_ms) == 5
+
+
+def test_a_journal_file_is_a_storage_several_processes_can_share(tmp_path):
+    storage = _study.open_storage(f"journal:{tmp_path}/j/optuna.journal", 10, 30, 1)
+    assert isinstance(storage, optuna.storages.JournalStorage) and (tmp_path / "j").is_dir()
+    space = make_space(*SIX)
+    s = _study.open_study(storage, "j", optuna.samplers.RandomSampler(seed=0), ["maximize"], ["throughput_ips"])
+    Search(s, space, SearchSettings(n_trials=2, seed=0), Player(),
+           before_ask=lambda: _study.fail_stale_trials(s, storage, 30)).run()
+    with _study.heartbeat(storage, 0, 10):  # no heartbeats on a journal: a do-nothing context
+        pass
+    again = optuna.load_study(study_name="j", storage=_study.open_storage(f"journal:{tmp_path}/j/optuna.journal",
+                                                                          10, 30, 1))
+    assert len([t for t in again.trials if t.state.name == "COMPLETE"]) >= 2
