@@ -95,6 +95,8 @@ class Search:
         self.study, self.space, self.settings = study, list(space), settings
         self.evaluate, self.known, self.pruner, self.cheap = evaluate, known, pruner, cheap
         self.before_ask, self.clock, self.on_told = before_ask, clock, on_told
+        # GridSampler enumerates the space itself and cannot take enqueued or added trials (no grid_id)
+        self.queueing = not isinstance(study.sampler, optuna.samplers.GridSampler)
         if pruner is not None:  # Trial.should_prune() asks the study's pruner
             study.pruner = pruner
         self.configs = enumerate_space(self.space)  # None: an infinite (or huge) space
@@ -109,6 +111,8 @@ class Search:
     def warm_start(self, enqueue: Sequence[Dict[str, Any]], completed: Sequence[FrozenTrial]) -> int:
         """Enqueue ``enqueue`` (configurations to measure first) and add ``completed`` (measured earlier)
         unless the study has them already; returns the number of trials added."""
+        if not self.queueing:
+            return 0
         have = self._finished()
         added = 0
         with warnings.catch_warnings():
@@ -168,7 +172,7 @@ class Search:
             if outcome is not None:  # nothing to measure: tell what is known, free of charge
                 self._tell(trial, values, outcome, free=True)
                 free_streak += 1
-                if self.configs is not None:
+                if self.configs is not None and self.queueing:
                     self._enqueue_nearest(values)
                 elif free_streak >= s.max_free_asks:
                     return self._stop(f"the sampler proposed only measured configurations {free_streak} times "
@@ -239,7 +243,7 @@ class Search:
 
     def _enqueue_neighbours(self) -> None:
         """A new best: queue its unmeasured neighbours that reuse its conversion (at most max_neighbours)."""
-        best = incumbent(self.study) if self.cheap is not None else None
+        best = incumbent(self.study) if self.cheap is not None and self.queueing else None
         if best is None or config_key(best.params) == self._best_key:
             return
         self._best_key = config_key(best.params)
