@@ -58,7 +58,7 @@ def hand_tuned(records: list[dict], thread_counts: list[int], x: np.ndarray, rou
     rows = []
     for rec in records:
         spec, art = rec["spec"], rec.get("artifact")
-        if rec["status"] not in ("ok", "accuracy_violation") or not art:
+        if rec["status"] not in ("ok", "accuracy_violation", "infeasible") or not art:
             continue
         passed = rec["status"] == "ok"
         if spec["engine"] == "tf":

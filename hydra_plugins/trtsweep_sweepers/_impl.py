@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from trtsweep import steps
 from trtsweep.app import job_config, plan_sweep
 from trtsweep.config import plan_trial
+from trtsweep.constraints import verdict
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.results import JobResult, TrialStatus
 from trtsweep.session import ENV_OFFSET, SweepContext, fail, sweep_key, sweep_session
@@ -255,10 +256,13 @@ class OptunaSweeperImpl:
         models = {spec.model.name for spec in plan.specs}
         results = (r for r in cached_results(Path(plan.specs[0].cache_dir) / "results")
                    if (r.spec.get("model") or {}).get("name") in models)  # cheap first cut; the key decides
-        known = cached_trials(space, results,
-                              lambda values: self._trial_key(space, fixed, values),
-                              lambda r: trial_outcome(JobResult.of(r, None), None, c.objective, c.multi_objective,
-                                                      max_drop))
+        bounds = cfg.get("constraints")
+
+        def judged(r: Any) -> Outcome:  # a cached result, judged under this search's bounds (as the runner does)
+            r.status, r.reason = verdict(r.metrics, bounds, max_drop)
+            return trial_outcome(JobResult.of(r, None), None, c.objective, c.multi_objective, max_drop, bounds)
+
+        known = cached_trials(space, results, lambda values: self._trial_key(space, fixed, values), judged)
         added = search.warm_start(first, known)
         log.info("optuna: warm start: %d configuration(s) queued first (TF FP32 baseline, engine defaults), "
                  "%d added from the result cache", len(first), added)
@@ -328,8 +332,10 @@ class OptunaSweeperImpl:
             raise
         max_drop = OmegaConf.select(ret.cfg, "fidelity.max_accuracy_drop") if ret.cfg is not None else None
         max_drop = 0.01 if max_drop is None else float(max_drop)
+        bounds = OmegaConf.select(ret.cfg, "constraints") if ret.cfg is not None else None  # constraints.*
+        bounds = OmegaConf.to_container(bounds, resolve=True) if bounds is not None else None
         if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, JobResult):
-            return trial_outcome(ret._return_value, None, c.objective, c.multi_objective, max_drop)
+            return trial_outcome(ret._return_value, None, c.objective, c.multi_objective, max_drop, bounds)
         err = ret._return_value if isinstance(ret._return_value, BaseException) else None
         return trial_outcome(None, one_line(err) if err else "the job returned no result", c.objective,
                              c.multi_objective, max_drop)

@@ -19,6 +19,7 @@ from typing import Any
 
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec, plan_trial
+from trtsweep.constraints import plan_notes
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.results import MEASURED, JobResult, TrialResult, TrialStatus
 from trtsweep.session import (
@@ -64,9 +65,22 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
             specs.append(plan_trial(c, batch_sizes))
         except ConfigError as e:
             raise ConfigError(f"{e}" + (f" (job #{i})" if len(plain) > 1 else "")) from None
+    say_plan_notes(specs)
     if resolve_models:
         resolve_specs_models(specs)
     return Plan(specs, plain, batch_sizes)
+
+
+_SAID: set[str] = set()
+
+
+def say_plan_notes(specs: Sequence[TrialSpec]) -> None:
+    """Plan notes about the bounds (:func:`trtsweep.constraints.plan_notes`), each once per process: a
+    sweeper plans its jobs more than once (the Optuna sweeper: a representative set, then all of it)."""
+    for note in plan_notes(specs):
+        if note not in _SAID:
+            _SAID.add(note)
+            log.info("plan: %s", note)
 
 
 def resolve_specs_models(specs: list[TrialSpec]) -> None:
@@ -103,8 +117,8 @@ def _progress_line(index: int, total: int, spec: TrialSpec, result: TrialResult)
                    + (f", accuracy {acc:.3f}" if acc is not None else "")
                    + (f", UNSTABLE (spread {m.get('latency_cv', 0):.0%})" if result.unstable else "")
                    + (f" (cached, measured {_date(result.started_at)})" if result.cached else ""))
-        if result.status == TrialStatus.ACCURACY_VIOLATION:
-            outcome += f" — ACCURACY VIOLATION: {result.reason}"
+        if result.status in (TrialStatus.ACCURACY_VIOLATION, TrialStatus.INFEASIBLE):
+            outcome += f" — {result.status.upper().replace('_', ' ')}: {result.reason}"
     else:
         outcome = f"{result.status.upper()}: {result.reason}"
     return f"[{index}/{total}] {_bar(index, total)} {spec.label()} → {outcome}"
@@ -126,8 +140,9 @@ def run_job(cfg: Any) -> JobResult:
         spec = plan_trial(plain, batch_sizes or None)
     except ConfigError as e:
         fail(str(e))
-    if ENV_SWEEP_DIR in os.environ:  # a job of a sweep that one of our sweepers runs
+    if ENV_SWEEP_DIR in os.environ:  # a job of a sweep that one of our sweepers runs (it said the plan notes)
         return _run_trial(spec, plain, hc, joined_sweep(plain))
+    say_plan_notes([spec])
     # a single run, or a sweeper that is not ours: this job is its own sweep
     sweep_dir = Path(hc.runtime.output_dir)
     if not multirun:

@@ -1,7 +1,9 @@
 """``trtsweep`` command: ``doctor`` (which engines can run here, and why not), ``cache ls|prune``
 (what the result and conversion cache holds; removing stale entries), ``report`` (tables,
 Pareto front and plots from a results.csv), ``compare`` (flag regressions against a baseline, for
-nightly jobs: exit code 1 when any configuration got slower or less accurate than allowed)."""
+nightly jobs: exit code 1 when any configuration got slower or less accurate than allowed).  ``report``
+and ``compare`` take the bounds of ``constraints.*`` (``--max-latency-p99-ms`` …, ``--max-accuracy-drop``)
+and judge every row with them, as a sweep judges its trials."""
 
 from __future__ import annotations
 
@@ -9,6 +11,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trtsweep.errors import TrtsweepError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def sweep_cmd(a: argparse.Namespace) -> int:
@@ -46,12 +54,41 @@ def doctor(_: argparse.Namespace) -> int:
     return 0
 
 
+def add_bound_options(p: argparse.ArgumentParser) -> None:
+    """``--max-<metric>``: the bounds of ``constraints.*`` and ``fidelity.max_accuracy_drop``, to judge rows with."""
+    from trtsweep.constraints import BOUNDS
+
+    p.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                   help="judge accuracy_drop against X (default: each row's recorded accuracy verdict)")
+    for name, key in BOUNDS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=float, metavar="X", dest=key,
+                       help=f"a row whose {name} is above X is infeasible (as constraints.{key}=X)")
+
+
+def judged(df: pd.DataFrame, a: argparse.Namespace) -> pd.DataFrame:
+    """``df`` judged under the bound options (as the runner judges a trial); as recorded when none is given."""
+    from trtsweep import report
+    from trtsweep.constraints import BOUNDS, ConstraintsConfig
+
+    values = {key: getattr(a, key) for key in BOUNDS.values() if getattr(a, key) is not None}
+    if not values and a.max_accuracy_drop is None:
+        return df
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"--{key.replace('_', '-')}={value:g} is invalid: must be > 0; fix: leave it out "
+                             f"for no bound")
+    if a.max_accuracy_drop is not None and not 0 <= a.max_accuracy_drop <= 1:
+        raise ValueError(f"--max-accuracy-drop={a.max_accuracy_drop:g} must be in [0, 1]; "
+                         "fix: --max-accuracy-drop=0.01")
+    return report.judge(df, ConstraintsConfig(**values), a.max_accuracy_drop)
+
+
 def report_cmd(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from trtsweep import report
 
-    df = report.add_speedup(pd.read_csv(a.results))
+    df = report.add_speedup(judged(pd.read_csv(a.results), a))
     print(report.short_table(df) + "\n\n" + report.summary_text(df))
     front = report.pareto_front(df)
     if not front.empty:
@@ -69,8 +106,11 @@ def compare_cmd(a: argparse.Namespace) -> int:
 
     from trtsweep import report
 
-    flagged = report.regressions(pd.read_csv(a.baseline), pd.read_csv(a.current), a.max_slowdown,
-                                 a.max_accuracy_loss)
+    baseline, current = (report.add_speedup(judged(pd.read_csv(f), a)) for f in (a.baseline, a.current))
+    for label, df in (("baseline", baseline), ("current", current)):  # over a bound: never the best
+        for line in report.violation_lines(df) + report.best_lines(df):
+            print(f"{label}: {line}")
+    flagged = report.regressions(baseline, current, a.max_slowdown, a.max_accuracy_loss)
     if flagged.empty:
         print(f"no regressions (throughput within {a.max_slowdown:.0%}, accuracy within {a.max_accuracy_loss})")
         return 0
@@ -107,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="tables, Pareto front and a plot from a results.csv")
     r.add_argument("results")
     r.add_argument("--plot", help="write a latency/accuracy plot (PNG) here")
+    add_bound_options(r)
     r.set_defaults(fn=report_cmd)
     c = sub.add_parser("compare", help="flag regressions of a results.csv against a baseline (exit 1 if any)")
     c.add_argument("baseline")
     c.add_argument("current")
     c.add_argument("--max-slowdown", type=float, default=0.10, help="allowed throughput loss (fraction)")
     c.add_argument("--max-accuracy-loss", type=float, default=0.005, help="allowed accuracy_drop increase")
+    add_bound_options(c)
     c.set_defaults(fn=compare_cmd)
     k = sub.add_parser("cache", help="what the result/conversion cache holds (ls), and cleaning it (prune)")
     k.add_argument("action", choices=("ls", "prune"))
@@ -124,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TrtsweepError) as e:
         print(f"trtsweep: error: {e}", file=sys.stderr)
         return 2
 

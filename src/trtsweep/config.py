@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from trtsweep import cores
+from trtsweep.constraints import ConstraintsConfig
 from trtsweep.engines.base import PRECISIONS, get_engine, make_params
 from trtsweep.errors import ConfigError
 from trtsweep.identity import data_fingerprint, digest, host_identity, library_versions, model_fingerprint
@@ -172,6 +173,8 @@ class TrialSpec:
     versions: dict = field(default_factory=dict)  # converter/runtime library versions of this engine
     data_fingerprint: str = ""  # content identity of data.path (data=file): calibration and fidelity use it
     host: dict = field(default_factory=dict)  # identity.host_identity(core_set), fixed at plan time
+    # bounds that judge a measurement (trtsweep.constraints): not part of the trial's identity
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,6 +199,7 @@ class TrialSpec:
             model_fingerprint=d.get("model_fingerprint", ""), versions=dict(d.get("versions") or {}),
             data_fingerprint=d.get("data_fingerprint", ""),
             host=dict(d.get("host") or {}),
+            constraints=_known(ConstraintsConfig, d.get("constraints") or {}),
         )
 
     # identity ---------------------------------------------------------------
@@ -223,7 +227,8 @@ class TrialSpec:
 
     def trial_identity(self) -> dict:
         """What a measured result depends on: the conversion's identity, every runtime setting, the
-        measurement method, and the host (CPU model and flags, core set, GPU and driver)."""
+        measurement method, and the host (CPU model and flags, core set, GPU and driver).  Not the
+        ``constraints``: they judge a measurement without changing it (a cached result is judged again)."""
         return {
             "conversion": self.conversion_identity(), "params": self.engine_params, "threads": self.threads,
             "batch_size": self.batch_size, "data": dataclasses.asdict(self.data), "data_content": self.data_fingerprint,
@@ -315,6 +320,7 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
     measure = typed(MeasureConfig, c.get("measure", {}), "measure")
     fidelity = typed(FidelityConfig, c.get("fidelity", {}), "fidelity")
     trial = typed(TrialConfig, c.get("trial", {}), "trial")
+    constraints = typed(ConstraintsConfig, c.get("constraints") or {}, "constraints")
     confirm_config(c)  # validated here so that a bad value fails before work, like every other one
 
     cache_dir = str(Path(c.get("cache_dir") or "outputs/cache").expanduser().resolve())
@@ -322,7 +328,7 @@ def plan_trial(cfg: Any, sweep_batch_sizes: list[int] | None = None) -> TrialSpe
     spec = TrialSpec(
         model=model, engine=eng.name, engine_params=dataclasses.asdict(params), precision=precision,
         batch_size=batch_size, data=data, measure=measure, fidelity=fidelity, trial=trial,
-        cache_dir=cache_dir, force=bool(c.get("force", False)),
+        cache_dir=cache_dir, force=bool(c.get("force", False)), constraints=constraints,
         sweep_batch_sizes=sorted(set(sweep_batch_sizes or [batch_size])),
         threads=threads, core_set=pinned,
         model_fingerprint=(model_fingerprint(model.path) if model.source == "saved_model"

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trtsweep.measure import mean_ci, repeat_cv
-from trtsweep.results import TrialStatus
+from trtsweep.results import MEASURED, TrialStatus
 
 log = logging.getLogger("trtsweep")
 
@@ -172,8 +172,8 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
         chosen = select(rows, top_k)
         if not chosen:
             continue
-        baseline = [r for r in rows if r.get("engine") == "tf" and r.get("precision") == "fp32"
-                    and r.get("status") == "ok" and _finite(r.get("throughput_ips"))]
+        baseline = [r for r in rows if r.get("engine") == "tf" and r.get("precision") == "fp32"  # a reference
+                    and r.get("status") in MEASURED and _finite(r.get("throughput_ips"))]  # (infeasible too)
         base = max(baseline, key=lambda r: r["throughput_ips"]) if baseline else None
         reference_keys = set()
         if base is not None and base["trial_key"] not in {r["trial_key"] for r in chosen}:

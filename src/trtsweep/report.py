@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from trtsweep.atomic import atomic_write
+from trtsweep.constraints import ACCURACY, NAMES, ConstraintsConfig, setting, verdict, violated
 from trtsweep.results import MEASURED, TrialStatus
 
 KEY_COLUMNS = ["model", "engine", "precision", "batch_size", "status"]
@@ -29,6 +30,9 @@ def row(result: dict) -> dict:
     }
     r.update({f"engine.{k}": v for k, v in spec["engine_params"].items()})
     r.update(result.get("metrics") or {})
+    if r["status"] in MEASURED:  # the constraints it violates, under the bounds it was judged with
+        r["violates"] = ",".join(violated(result.get("metrics") or {}, spec.get("constraints"),
+                                          (spec.get("fidelity") or {}).get("max_accuracy_drop")))
     host = result.get("host") or {}
     for k in ("host.cpu_model", "host.cpu_flags", "host.cores", "host.gpu"):
         if k in host:
@@ -51,7 +55,8 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
     df["speedup_vs_tf_fp32"] = float("nan")
     if "throughput_ips" not in df:
         return df
-    base = df[(df.engine == "tf") & (df.precision == "fp32") & (df.status == TrialStatus.OK)]
+    # the reference is a measurement: a TF FP32 trial over a bound (too slow, too big) still is one
+    base = df[(df.engine == "tf") & (df.precision == "fp32") & df.status.isin(MEASURED)]
     for (model, bs), grp in base.groupby(["model", "batch_size"]):
         ref = grp["throughput_ips"].max()
         mask = (df.model == model) & (df.batch_size == bs)
@@ -61,8 +66,9 @@ def add_speedup(df: pd.DataFrame) -> pd.DataFrame:
 
 def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     """The recommended trial per model (and batch size): the confirmed winner where the sweep confirmed
-    one, else the fastest that passed the accuracy check, stable ones first (an unstable trial is
-    recommended only when no stable one passed)."""
+    one, else the fastest that passed the accuracy check and every constraint (status ``ok``: never an
+    ``accuracy_violation`` or ``infeasible`` one), stable ones first (an unstable trial is recommended
+    only when no stable one passed)."""
     if df.empty or "throughput_ips" not in df:
         return df.iloc[0:0]
     ok = df[df.status == TrialStatus.OK].dropna(subset=["throughput_ips"])
@@ -98,10 +104,11 @@ def apply_confirmation(df: pd.DataFrame, verdicts: Sequence) -> pd.DataFrame:
 
 
 def pareto_front(df: pd.DataFrame, x: str = "accuracy_drop", y: str = "throughput_ips") -> pd.DataFrame:
-    """Trials not dominated in (lower ``x``, higher ``y``), per model."""
+    """Trials not dominated in (lower ``x``, higher ``y``), per model: the accuracy trade-off of the
+    trials within every other bound (``ok`` and ``accuracy_violation`` ones, never an infeasible one)."""
     if df.empty or x not in df or y not in df:
         return df.iloc[0:0]
-    d = df[df.status.isin(MEASURED)].dropna(subset=[x, y])
+    d = df[_within_other_bounds(df)].dropna(subset=[x, y])
     keep = []
     for _, grp in d.groupby("model"):
         g = grp.sort_values([x, y], ascending=[True, False])
@@ -111,6 +118,36 @@ def pareto_front(df: pd.DataFrame, x: str = "accuracy_drop", y: str = "throughpu
                 keep.append(idx)
                 best = r[y]
     return d.loc[keep]
+
+
+def _within_other_bounds(df: pd.DataFrame) -> pd.Series:
+    """Measured rows that violate no bound but (perhaps) the accuracy one."""
+    ok = df.status.isin([TrialStatus.OK, TrialStatus.ACCURACY_VIOLATION])
+    if "violates" in df:
+        ok &= df["violates"].fillna("").astype(str).map(lambda v: set(filter(None, v.split(","))) <= {ACCURACY})
+    return ok
+
+
+def judge(df: pd.DataFrame, constraints: ConstraintsConfig | None, max_accuracy_drop: float | None = None
+          ) -> pd.DataFrame:
+    """The measured rows judged again under these bounds (``trtsweep report``/``compare`` options), with the
+    function the runner uses: ``status``, ``reason`` and ``violates`` replaced.  ``max_accuracy_drop`` None:
+    a row keeps its recorded accuracy verdict (the other bounds are judged)."""
+    if df.empty or "status" not in df:
+        return df
+    df = df.copy()
+    for col in ("reason", "violates"):
+        df[col] = df[col].astype(object) if col in df else ""
+    for idx, r in df[df.status.isin(MEASURED)].iterrows():
+        metrics = {k: r[k] for k in NAMES if k in r and pd.notna(r[k])}
+        status, reason = verdict(metrics, constraints, max_accuracy_drop)
+        names = violated(metrics, constraints, max_accuracy_drop)
+        if max_accuracy_drop is None and r.status == TrialStatus.ACCURACY_VIOLATION:
+            kept = str(r.get("reason") or "accuracy_violation").split("; ")[0]
+            status, reason, names = TrialStatus.ACCURACY_VIOLATION, "; ".join(filter(None, [kept, reason])), \
+                [ACCURACY, *names]
+        df.loc[idx, ["status", "reason", "violates"]] = [str(status), reason or "", ",".join(names)]
+    return df
 
 
 def write(df: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -146,9 +183,23 @@ def summary_text(df: pd.DataFrame) -> str:
         return "no trials"
     counts = df.status.value_counts().to_dict()
     lines = ["trials: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))]
+    lines += best_lines(df)
+    cached = df[df.get("cached", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+    if not cached.empty:
+        lines.append(f"{len(cached)} result(s) served from the cache (same model content, library versions, host "
+                     f"and settings), first measured {cached.measured_at.min()} … {cached.measured_at.max()}; "
+                     f"force=true re-measures")
+    lines += infeasible_lines(df)
+    failed = df[df.status.isin([TrialStatus.FAILED, TrialStatus.SKIPPED])]
+    for _, r in failed.iterrows():
+        lines.append(f"{r.status}: {r.model} {r.engine} {r.precision} bs={r.batch_size} — {r.reason}")
+    return "\n".join(lines)
+
+
+def best_lines(df: pd.DataFrame) -> list[str]:
+    """The recommended configuration per model and batch size (:func:`best_per_model`), one line each."""
     best = best_per_model(df)
-    if best.empty:
-        lines.append("no trial passed the accuracy check")
+    lines = [] if not best.empty else ["no trial passed the accuracy check and the constraints"]
     varied = set(swept_columns(df))
     for _, r in best.iterrows():
         params = ", ".join(f"{c[7:]}={_plain(r[c])}" for c in best.columns
@@ -170,15 +221,28 @@ def summary_text(df: pd.DataFrame) -> str:
             + (f" [{params}]" if params else "")
             + f" — p50 {r.latency_p50_ms:.3f} ms, {r.throughput_ips:.1f} items/s{sp_txt}{conf_txt}{flags}"
         )
-    cached = df[df.get("cached", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
-    if not cached.empty:
-        lines.append(f"{len(cached)} result(s) served from the cache (same model content, library versions, host "
-                     f"and settings), first measured {cached.measured_at.min()} … {cached.measured_at.max()}; "
-                     f"force=true re-measures")
-    failed = df[df.status.isin([TrialStatus.FAILED, TrialStatus.SKIPPED])]
-    for _, r in failed.iterrows():
-        lines.append(f"{r.status}: {r.model} {r.engine} {r.precision} bs={r.batch_size} — {r.reason}")
-    return "\n".join(lines)
+    return lines
+
+
+def infeasible_lines(df: pd.DataFrame) -> list[str]:
+    """One line: how many trials were measured but are over a bound (never best), and which bounds."""
+    bad = df[df.status == TrialStatus.INFEASIBLE]
+    if bad.empty:
+        return []
+    names = [n for v in bad.get("violates", pd.Series(dtype=object)).fillna("").astype(str)
+             for n in v.split(",") if n]
+    which = ", ".join(f"{setting(n)} ×{names.count(n)}" for n in NAMES if n in names)
+    return [f"infeasible: {len(bad)} trial(s) measured but over a bound" + (f" ({which})" if which else "")
+            + "; the reason column says by how much"]
+
+
+def violation_lines(df: pd.DataFrame) -> list[str]:
+    """Each measured row over a bound: its configuration and the bound(s), by how much (its reason)."""
+    bad = df[df.status.isin([TrialStatus.ACCURACY_VIOLATION, TrialStatus.INFEASIBLE])]
+    keys = [c for c in config_columns(df) if c not in ("model", "engine", "precision", "batch_size")]
+    return [f"{r.status}: {r.model} {r.engine} {r.precision} bs={_plain(r.batch_size)}"
+            + "".join(f" {c}={_plain(r[c])}" for c in keys if pd.notna(r[c]))
+            + f" — {r.get('reason') or r.get('violates') or '?'}" for _, r in bad.iterrows()]
 
 
 def swept_columns(df: pd.DataFrame) -> list[str]:
@@ -220,7 +284,9 @@ def regressions(baseline: pd.DataFrame, current: pd.DataFrame, max_slowdown: flo
     for _, r in m.iterrows():
         why = []
         if r.get("status_base") == TrialStatus.OK and r.get("status_now") != TrialStatus.OK:
-            why.append(f"status {r.status_base} → {r.status_now}")
+            now_reason = r.get("reason_now")
+            why.append(f"status {r.status_base} → {r.status_now}"
+                       + (f" ({now_reason})" if isinstance(now_reason, str) and now_reason else ""))
         tb, tn = r.get("throughput_ips_base"), r.get("throughput_ips_now")
         if pd.notna(tb) and pd.notna(tn) and tb > 0 and tn < tb * (1 - max_slowdown):
             why.append(f"throughput {tb:.1f} → {tn:.1f} items/s ({tn / tb - 1:+.1%})")
@@ -266,5 +332,5 @@ def plot(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-__all__ = ["table", "write", "best_per_model", "apply_confirmation", "pareto_front", "summary_text", "short_table",
-           "swept_columns", "regressions", "plot"]
+__all__ = ["table", "write", "best_per_model", "apply_confirmation", "pareto_front", "judge", "summary_text",
+           "best_lines", "short_table", "infeasible_lines", "violation_lines", "swept_columns", "regressions", "plot"]

@@ -27,8 +27,9 @@ class TrialStatus(str, Enum):
         return format(self.value, spec)
 
 
-#: statuses of a complete measurement: served from the result cache, with metrics to rank and plot
-MEASURED = (TrialStatus.OK, TrialStatus.ACCURACY_VIOLATION)
+#: statuses of a complete measurement: served from the result cache (and judged again under the current
+#: bounds, trtsweep.constraints), with metrics to rank and plot; only ``ok`` ones are ever "best"
+MEASURED = (TrialStatus.OK, TrialStatus.ACCURACY_VIOLATION, TrialStatus.INFEASIBLE)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 from trtsweep import steps
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec
+from trtsweep.constraints import verdict
 from trtsweep.engines.base import get_engine, make_params
 from trtsweep.faults import fault_for
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
@@ -214,6 +215,12 @@ def execute(spec: TrialSpec) -> TrialResult:
         cached = load_cached(spec)
         if cached is not None and cached.status in MEASURED and not cached.report.get("fault"):
             cached.cached = True
+            before = (cached.status, cached.reason)
+            judge(cached, spec)  # under this run's bounds, which may differ from those it was measured with
+            if (cached.status, cached.reason) != before:
+                # its MLflow runs show the old verdict: without the links, tracking finds each parent's
+                # child run again (by trial key) and updates it
+                cached.mlflow_run_ids = {}
             return cached
     started = time.time()
     p = pool()
@@ -228,12 +235,10 @@ def execute(spec: TrialSpec) -> TrialResult:
                              host=out["host"],
                              artifact=out["artifact"], started_at=started, ended_at=time.time(),
                              unstable=bool(out.get("unstable", False)))
-        drop = result.metrics.get("accuracy_drop")
         if out.get("pruned"):  # stopped by the search after a step: partial figures, never recommended
             result.status, result.reason = TrialStatus.PRUNED, str(out["pruned"])
-        elif drop is not None and drop > spec.fidelity.max_accuracy_drop:
-            result.status = TrialStatus.ACCURACY_VIOLATION
-            result.reason = (f"accuracy_drop={drop:.4f} > fidelity.max_accuracy_drop={spec.fidelity.max_accuracy_drop}")
+        else:
+            judge(result, spec)
     finally:
         if not spec.trial.reuse_worker:
             p.stop()
@@ -245,6 +250,14 @@ def execute(spec: TrialSpec) -> TrialResult:
     if not (result.status == TrialStatus.PRUNED and previous is not None and previous.status in MEASURED):
         save_result(result, spec.cache_dir)  # a partial (pruned) measurement never replaces a complete one
     return result
+
+
+def judge(result: TrialResult, spec: TrialSpec) -> None:
+    """A measured result's status and reason under the spec's bounds: ``fidelity.max_accuracy_drop``
+    (``accuracy_violation``) and ``constraints.*`` (``infeasible``), see :mod:`trtsweep.constraints`."""
+    if result.status in MEASURED:
+        result.status, result.reason = verdict(result.metrics, spec.constraints, spec.fidelity.max_accuracy_drop)
+        result.spec["constraints"] = asdict(spec.constraints)  # the bounds it was judged under
 
 
 def resolve_model(spec: TrialSpec) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
-from trtsweep.results import TrialResult, TrialStatus
+from trtsweep.constraints import violations
+from trtsweep.results import MEASURED, TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
 MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
-                 TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED"}
+                 TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED",
+                 TrialStatus.PRUNED: "KILLED"}  # stopped by the search after a measurement step
 
 
 def absolute_sqlite_uri(uri: str) -> str:
@@ -162,21 +164,21 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         run_id = result.mlflow_run_ids.get(parent_id)
-        existing_params: dict[str, str] = {}
+        existing: Any = None  # the child run's data, when it exists already
         if run_id:
             try:
-                existing_params = self.client.get_run(run_id).data.params
+                existing = self.client.get_run(run_id).data
             except Exception:  # noqa: BLE001 - deleted or from another store
                 run_id = None
         if not run_id:
             found = self._find(f"tags.`{TRIAL_TAG}` = '{result.trial_key}' and tags.`mlflow.parentRunId` = "
                                f"'{parent_id}'")
             if found:
-                run_id = found[0].info.run_id
-                existing_params = found[0].data.params
+                run_id, existing = found[0].info.run_id, found[0].data
         if not run_id:
             run_id, existing_params = self._create_child(parent_id, result, spec)
         else:
+            existing_params = existing.params
             self.client.update_run(run_id, status="RUNNING")
         ts = int((result.ended_at or time.time()) * 1000)
         params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
@@ -191,7 +193,14 @@ class Tracker:
             tags["host_id"] = digest(spec.host, 12)
         if result.reason:
             tags["reason"] = result.reason
-        metrics = [Metric(k, float(v), ts, 0) for k, v in result.metrics.items()
+        violation = _violation_metrics(result, spec)
+        if existing is not None:  # judged again under other bounds (a cached result): no stale verdict stays
+            violation = {**{k: 0.0 for k in existing.metrics if k.startswith("violation_")}, **violation}
+            if "reason" in existing.tags and not result.reason:
+                self.client.delete_tag(run_id, "reason")
+        judged_at = int(time.time() * 1000)  # a verdict is newer than the measurement: it is the latest value
+        metrics = [Metric(k, float(v), judged_at if k in violation else ts, 0)
+                   for k, v in {**result.metrics, **violation}.items()
                    if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
         param_list = [Param(k, v) for k, v in params.items()]
         tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
@@ -280,6 +289,15 @@ class Tracker:
         if parent_tags:
             self.tag(parent_id, parent_tags)
         self.log_extras(parent_id, metrics=metrics, files=files)
+
+
+def _violation_metrics(result: TrialResult, spec: TrialSpec) -> dict[str, float]:
+    """``violation_<name>``: by how much a measured trial is over each bound it violates (value − bound);
+    logged only where > 0 (0 only replaces one that a new verdict made stale)."""
+    if result.status not in MEASURED:
+        return {}
+    over = violations(result.metrics, spec.constraints, spec.fidelity.max_accuracy_drop)
+    return {f"violation_{k}": v for k, v in over.items() if v > 0}
 
 
 def _run_name(spec: TrialSpec) -> str:

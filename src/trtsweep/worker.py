@@ -210,6 +210,7 @@ def run_trial(payload: dict) -> dict:
         m = measure(slowed(payload.get("fault"), loaded.run), prepared, spec.batch_size, spec.measure,
                     on_step=_ask_parent if payload.get("report_steps") else None)
         measure_s = time.perf_counter() - t_measure
+        run_metrics = loaded.run_metrics()  # after the timed loop, before fidelity adds its own batches
         t_fidelity = time.perf_counter()
         # a pruned trial is not worth its fidelity pass: it will never be recommended
         fidelity = {} if m.stopped else _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
@@ -218,7 +219,7 @@ def run_trial(payload: dict) -> dict:
     finally:
         loaded.close()
     metrics = {
-        **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
+        **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()}, **run_metrics,
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s, "fidelity_time_s": fidelity_s,
         "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),

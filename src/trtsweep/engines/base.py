@@ -118,6 +118,10 @@ class LoadedModel(ABC):
         """What actually runs (ops, delegates, providers...), logged with the trial."""
         return {}
 
+    def run_metrics(self) -> dict[str, float]:
+        """Metrics of running it, read after the measurement (e.g. ``gpu_memory_mb``); default: none."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook (releases what ``load`` holds); default: nothing
         pass
 
@@ -149,6 +153,9 @@ class Engine(ABC):
     auto_threads: ClassVar[tuple[int, ...]] = (0,)
     #: packages whose versions identify this engine's artifacts and results (``a|b``: either one)
     libraries: ClassVar[tuple[str, ...]] = ("tensorflow|tensorflow-cpu",)
+    #: its loaded models report ``gpu_memory_mb`` (``LoadedModel.run_metrics``): only these trials are
+    #: judged by ``constraints.max_gpu_memory_mb``
+    reports_gpu_memory: ClassVar[bool] = False
 
     def __init__(self, params: Any):
         self.params = params

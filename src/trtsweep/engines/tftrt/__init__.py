@@ -188,12 +188,15 @@ class TFTRTModel(LoadedModel):
         self._tf = tf
         self._model = model
         self._batch_size = batch_size
+        self._device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+        if self._device == "/GPU:0":  # gpu_memory_mb (run_metrics) is this model's peak: from here on
+            with suppress(AttributeError, ValueError):  # reset_memory_stats: TF ≥ 2.9
+                tf.config.experimental.reset_memory_stats("GPU:0")
         self._loaded = tf.saved_model.load(str(saved_model_dir))
         if model.signature_key not in self._loaded.signatures:
             raise ModelError(f"converted model has no signature '{model.signature_key}' "
                              f"(has {', '.join(self._loaded.signatures)}); re-run the conversion with force=true")
         self._fn = self._loaded.signatures[model.signature_key]
-        self._device = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
         self._dtypes = {s.name: _np_dtype(s) for s in model.inputs}
         outputs = list(self._fn.structured_outputs)
         declared = [o.name for o in model.outputs]
@@ -215,6 +218,16 @@ class TFTRTModel(LoadedModel):
         out = self._fn(**prepared)
         return [out[k].numpy() for k in self._output_keys]  # .numpy() copies to host: the GPU sync point
 
+    def run_metrics(self) -> dict[str, float]:
+        """``gpu_memory_mb``: the peak of TensorFlow's GPU allocator since this model was loaded (engines
+        deserialized, warm-up, the timed loop), ``tf.config.experimental.get_memory_info('GPU:0')['peak']``
+        in bytes; what TF-TRT allocates through that allocator is in it.  None on CPU."""
+        if self._device != "/GPU:0":
+            return {}
+        with suppress(AttributeError, ValueError):  # an older TF without get_memory_info: not reported
+            return {"gpu_memory_mb": self._tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20}
+        return {}
+
     def describe(self) -> dict:
         from trtsweep.gpu import gpu_facts
 
@@ -233,6 +246,7 @@ class TFTRTModel(LoadedModel):
 class TFTRTEngine(Engine):
     name = "tftrt"
     precisions = tuple(PRECISION_MODES)
+    reports_gpu_memory = True  # TFTRTModel.run_metrics: gpu_memory_mb (constraints.max_gpu_memory_mb)
     Params = TFTRTParams
     #: TensorRT is linked into TensorFlow (its version follows TF's); the pip ``tensorrt`` where present
     libraries = ("tensorflow|tensorflow-cpu", "tensorrt")
