@@ -25,7 +25,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from ._outcome import Outcome, tell
-from ._prune import ConfidenceBoundPruner, incumbent
+from ._prune import ConfidenceBoundPruner
 from ._space import SearchParam, config_key, distance, enumerate_space, suggest
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Search:
         self.free = 0  # proposals answered from what was known
         self.pruned = 0
         self.stop_reason = ""
-        self._best_key: Optional[str] = None
+        self._expanded: set = set()  # configurations whose cheap neighbours were queued
 
     # ---- warm start ----
     def warm_start(self, enqueue: Sequence[Dict[str, Any]], completed: Sequence[FrozenTrial]) -> int:
@@ -242,17 +242,37 @@ class Search:
         self.study.enqueue_trial(pick, skip_if_exists=True)
 
     def _enqueue_neighbours(self) -> None:
-        """A new best: queue its unmeasured neighbours that reuse its conversion (at most max_neighbours)."""
-        best = incumbent(self.study) if self.cheap is not None and self.queueing else None
-        if best is None or config_key(best.params) == self._best_key:
+        """A new best of an engine: queue its unmeasured neighbours that reuse its conversion (at most
+        ``max_neighbours`` each).  Per engine, not only the overall best: an engine whose default ran at a
+        poor thread count or batch size is one cheap step from its real figure."""
+        if self.cheap is None or not self.queueing or self.configs is None:
             return
-        self._best_key = config_key(best.params)
         finished, queued = self._finished(), self._queued()
-        candidates = [c for c in self.configs or () if distance(c, best.params) == 1
-                      and config_key(c) not in finished and config_key(c) not in queued and self.cheap(best.params, c)]
-        self.rng.shuffle(candidates)
-        for c in candidates[: self.settings.max_neighbours]:
-            self.study.enqueue_trial(c, skip_if_exists=True)
+        for best in self._engine_bests(finished.values()):
+            key = config_key(best.params)
+            if key in self._expanded:
+                continue
+            self._expanded.add(key)
+            candidates = [c for c in self.configs if distance(c, best.params) == 1 and config_key(c) not in finished
+                          and config_key(c) not in queued and self.cheap(best.params, c)]
+            self.rng.shuffle(candidates)
+            for c in candidates[: self.settings.max_neighbours]:
+                self.study.enqueue_trial(c, skip_if_exists=True)
+                queued.add(config_key(c))
+
+    def _engine_bests(self, trials: Any) -> List[FrozenTrial]:
+        """The best feasible complete trial of each engine (single objective)."""
+        if len(self.study.directions) != 1:
+            return []
+        sign = 1 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        best: Dict[Any, FrozenTrial] = {}
+        for t in trials:
+            if t.state != TrialState.COMPLETE or not t.values or any(c > 0 for c in _constraints(t)):
+                continue
+            engine = t.params.get("engine")
+            if engine not in best or sign * t.values[0] > sign * best[engine].values[0]:
+                best[engine] = t
+        return list(best.values())
 
     def _bar(self) -> Optional[tuple]:
         """(best value, the bound a newcomer must pass to count as an improvement beyond noise)."""

@@ -292,3 +292,17 @@ def test_the_grid_sampler_enumerates_itself_and_takes_no_queued_trials():
     assert search.warm_start([{"precision": "fp32"}], []) == 0 and not s.get_trials()
     assert search.run() == "space exhausted: all 6 configuration(s) measured"
     assert len(player.measured) == 6 and all("grid_id" in t.system_attrs for t in s.get_trials())
+
+
+def test_each_engines_best_has_its_cheap_neighbours_queued_not_only_the_overall_best():
+    space = make_space("engine=choice(tflite,onnx)", "precision=choice(fp32,int8)", "engine.num_threads=choice(1,2)")
+    s = study(space=space)
+    s.enqueue_trial({"engine": "onnx", "precision": "fp32"})  # the overall best (onnx × 1.2) ...
+    s.enqueue_trial({"engine": "tflite", "precision": "fp32", "engine.num_threads": 2})  # ... and tflite's default
+
+    def landscape(v: dict) -> float:  # tflite at 1 thread is the real best, one runtime step from its default
+        return 5000.0 if v.get("engine.num_threads") == 1 else throughput(v)
+
+    player = Player(landscape=landscape)
+    Search(s, space, SearchSettings(n_trials=3, seed=0), player, cheap=_warm.same_conversion).run()
+    assert player.measured[2] == {"engine": "tflite", "precision": "fp32", "engine.num_threads": 1}
