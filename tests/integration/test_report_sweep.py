@@ -105,8 +105,9 @@ def test_the_report_of_the_mlflow_experiment_has_the_same_table(done, tmp_path):
     pd.testing.assert_frame_equal(from_mlflow.sort_index(), trials_table(done.html).sort_index())
 
 
-def _chromium():
-    """A headless Chromium driven by selenium, or a skip saying what is missing."""
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium driven by selenium, or a skip saying what is missing (before the sweep runs)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
     browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     driver = shutil.which("chromedriver")
@@ -119,24 +120,22 @@ def _chromium():
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=opts)  # this chromedriver: nothing downloaded
+    chrome = webdriver.Chrome(service=Service(driver), options=opts)  # this chromedriver: nothing downloaded
+    yield chrome
+    chrome.quit()
 
 
-def test_the_page_opens_in_headless_chromium_without_console_errors(done, tmp_path):
-    browser = _chromium()
-    try:
-        browser.get((done.dir / "report.html").as_uri())
-        assert browser.title.startswith("trtsweep report")
-        images = browser.execute_script(
-            "return [...document.images].map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])")
-        assert images and all(ok and width > 300 and src == "data:image/png;base64," for ok, width, src in images)
-        fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-        assert fetched == []  # nothing loaded from anywhere
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1400, min(height + 50, 8000))
-        shot = tmp_path / "report.png"
-        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
-        logs = browser.get_log("browser")
-    finally:
-        browser.quit()
+def test_the_page_opens_in_headless_chromium_without_console_errors(chromium, done, tmp_path):
+    chromium.get((done.dir / "report.html").as_uri())
+    assert chromium.title.startswith("trtsweep report")
+    images = chromium.execute_script(
+        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+    assert len(images) == 4 and all(ok and width > 300 and src == "data:image/png;base64," for ok, width, src in images)
+    fetched = chromium.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched == []  # nothing loaded from anywhere
+    height = chromium.execute_script("return document.documentElement.scrollHeight")
+    chromium.set_window_size(1400, min(height + 50, 8000))
+    shot = tmp_path / "report.png"  # look at it: the page must be readable
+    assert chromium.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
+    logs = chromium.get_log("browser")
     assert [e for e in logs if e["level"] in ("SEVERE", "WARNING")] == [], logs
