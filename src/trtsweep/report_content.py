@@ -37,6 +37,8 @@ NOT_REPRODUCED = ("cache_dir=", "hydra.", "+hydra.")
 
 def hydra_value(v: Any) -> str:
     """A value as a Hydra override writes it: true/false, null, 2 (not 2.0)."""
+    if hasattr(v, "item") and not isinstance(v, str):  # a numpy scalar (a column read from a table)
+        v = v.item()
     if isinstance(v, bool) or v in ("True", "False"):
         return str(v).lower()
     if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -130,6 +130,10 @@ def test_nightly_history_is_drawn_with_its_band_and_a_wrong_one_is_named(tmp_pat
     ({"model": "digits_cnn", "engine": "tf", "precision": "fp32", "batch_size": 1, "threads": float("nan"),
       "engine.jit_compile": float("nan")},  # an old table without threads; a param this row lacks
      "python sweep.py model=digits_cnn engine=tf precision=fp32 batch_size=1"),
+    (pd.DataFrame({"model": ["digits_cnn"], "engine": ["tflite"], "precision": ["int8"], "batch_size": [1],
+                   "threads": [1], "engine.use_xnnpack": [True], "engine.int8_io": [True]}).iloc[0],
+     # a row of a table: numpy values (a default bool left out, another written as Hydra does)
+     "python sweep.py model=digits_cnn engine=tflite precision=int8 batch_size=1 threads=1 engine.int8_io=true"),
 ])
 def test_reproduce_command_writes_only_what_differs_from_the_defaults(row, command):
     assert reproduce_command(row) == command
