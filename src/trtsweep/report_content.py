@@ -215,6 +215,8 @@ def over_bounds(df: pd.DataFrame) -> list[dict]:
 
 def pareto_rows(front: pd.DataFrame) -> list[dict]:
     """The Pareto set (``report.pareto_front``: accuracy drop ↓, throughput ↑ per model)."""
+    if front.empty:
+        return []
     return [{"model": r.model, "trial": describe(r).split(" ", 1)[1],
              "accuracy_drop": r.accuracy_drop, "throughput": r.throughput_ips, "trial_key": r.get("trial_key", "")}
             for _, r in front.sort_values(["model", "accuracy_drop"]).iterrows()]

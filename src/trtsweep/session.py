@@ -190,7 +190,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     verdicts = confirm_winners(ctx, records) if status == FINISHED else []
     df = report.apply_confirmation(report.table(records), verdicts)
     paths = report.write(df, ctx.sweep_dir) if not df.empty else []
-    pages = write_html_report(ctx.sweep_dir) if not df.empty else []
+    pages = write_html_report(ctx.sweep_dir) if status == FINISHED and not df.empty else []  # Ctrl-C: no wait
     if not df.empty:
         print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df)
               + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}" + "".join(f"\nreport: {p}" for p in pages[:1]),
