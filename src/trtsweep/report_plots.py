@@ -209,7 +209,11 @@ def history(hist: pd.DataFrame) -> str | None:
     ax.set_title("throughput over time (band: the regression band; red: below it)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.autofmt_xdate()
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     return data_uri(fig)
 
 
