@@ -158,7 +158,7 @@ def trial_table(df: pd.DataFrame, front: pd.DataFrame) -> tuple[pd.DataFrame, pd
 def recommendations(df: pd.DataFrame, verdicts: list[dict], best: list[dict]) -> list[dict]:
     """Per model and batch size: the recommended trial (``report.best_per_model``: the confirmed winner,
     else the fastest stable trial that passes every constraint) as a dict for the templates, and the
-    groups where no trial passed (``config`` None)."""
+    groups where no trial passed (``engine`` None)."""
     texts = {v.get("winner"): v.get("text", "") for v in verdicts}
     overrides = {b.get("trial_key"): b.get("overrides") or [] for b in best}
     picked = report.best_per_model(df)
