@@ -86,3 +86,9 @@ class SweepRun:
 @pytest.fixture
 def sweep(tmp_path, cache_dir) -> SweepRun:
     return SweepRun(tmp_path, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def module_sweep(tmp_path_factory, cache_dir) -> SweepRun:
+    """A working directory that lives as long as a test module: one sweep that several tests read."""
+    return SweepRun(tmp_path_factory.mktemp("sweep"), cache_dir)

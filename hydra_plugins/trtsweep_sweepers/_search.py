@@ -25,12 +25,13 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from ._outcome import Outcome, tell
-from ._prune import ConfidenceBoundPruner, incumbent
+from ._prune import ConfidenceBoundPruner
 from ._space import SearchParam, config_key, distance, enumerate_space, suggest
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+KNOWN = (TrialState.COMPLETE, TrialState.PRUNED)  # outcomes a repeat is told instead of measuring again
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Search:
         self.study, self.space, self.settings = study, list(space), settings
         self.evaluate, self.known, self.pruner, self.cheap = evaluate, known, pruner, cheap
         self.before_ask, self.clock, self.on_told = before_ask, clock, on_told
+        # GridSampler enumerates the space itself and cannot take enqueued or added trials (no grid_id)
+        self.queueing = not isinstance(study.sampler, optuna.samplers.GridSampler)
         if pruner is not None:  # Trial.should_prune() asks the study's pruner
             study.pruner = pruner
         self.configs = enumerate_space(self.space)  # None: an infinite (or huge) space
@@ -102,12 +105,14 @@ class Search:
         self.free = 0  # proposals answered from what was known
         self.pruned = 0
         self.stop_reason = ""
-        self._best_key: Optional[str] = None
+        self._expanded: set = set()  # configurations whose cheap neighbours were queued
 
     # ---- warm start ----
     def warm_start(self, enqueue: Sequence[Dict[str, Any]], completed: Sequence[FrozenTrial]) -> int:
         """Enqueue ``enqueue`` (configurations to measure first) and add ``completed`` (measured earlier)
         unless the study has them already; returns the number of trials added."""
+        if not self.queueing:
+            return 0
         have = self._finished()
         added = 0
         with warnings.catch_warnings():
@@ -141,7 +146,8 @@ class Search:
             if s.stagnation_s is not None and now - last_gain > s.stagnation_s:
                 return self._stop(f"stagnation: no improvement beyond noise for {s.stagnation_s:g} s")
             finished = self._finished()
-            if self.configs is not None and all(config_key(c) in finished for c in self.configs):
+            tried = set(finished) | self._failed()
+            if self.configs is not None and all(config_key(c) in tried for c in self.configs):
                 return self._stop(f"space exhausted: all {len(self.configs)} configuration(s) measured")
             if self.before_ask is not None:
                 self.before_ask()
@@ -166,7 +172,7 @@ class Search:
             if outcome is not None:  # nothing to measure: tell what is known, free of charge
                 self._tell(trial, values, outcome, free=True)
                 free_streak += 1
-                if self.configs is not None:
+                if self.configs is not None and self.queueing:
                     self._enqueue_nearest(values)
                 elif free_streak >= s.max_free_asks:
                     return self._stop(f"the sampler proposed only measured configurations {free_streak} times "
@@ -199,15 +205,21 @@ class Search:
         return reason
 
     def _finished(self) -> Dict[str, FrozenTrial]:
-        """Finished trials of the study (every worker's) by configuration; a complete one wins over others."""
+        """Trials of the study (every worker's) with a known outcome, by configuration: complete, or pruned
+        (skipped here, or stopped after a step); a complete one wins.  A failed configuration is not known:
+        proposed again (or re-queued by the storage's retry of a dead trial), it runs again."""
         out: Dict[str, FrozenTrial] = {}
-        for t in self.study.get_trials(deepcopy=False, states=FINISHED):
+        for t in self.study.get_trials(deepcopy=False, states=KNOWN):
             if not t.params and t.state != TrialState.COMPLETE:
                 continue
             k = config_key(t.params)
             if k not in out or (t.state == TrialState.COMPLETE and out[k].state != TrialState.COMPLETE):
                 out[k] = t
         return out
+
+    def _failed(self) -> set:
+        return {config_key(t.params) for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if t.params}
 
     def _running_elsewhere(self, key: str, number: int) -> Optional[FrozenTrial]:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -221,8 +233,8 @@ class Search:
     def _enqueue_nearest(self, values: Dict[str, Any]) -> None:
         """The sampler proposed a measured configuration: queue the unmeasured one nearest to its proposal
         (reusing a conversion where possible), so a finite search always makes progress."""
-        finished, queued = self._finished(), self._queued()
-        todo = [c for c in self.configs or () if config_key(c) not in finished]
+        tried, queued = set(self._finished()) | self._failed(), self._queued()
+        todo = [c for c in self.configs or () if config_key(c) not in tried]
         if not todo or any(config_key(c) in queued for c in todo):
             return
         self.rng.shuffle(todo)
@@ -230,17 +242,37 @@ class Search:
         self.study.enqueue_trial(pick, skip_if_exists=True)
 
     def _enqueue_neighbours(self) -> None:
-        """A new best: queue its unmeasured neighbours that reuse its conversion (at most max_neighbours)."""
-        best = incumbent(self.study) if self.cheap is not None else None
-        if best is None or config_key(best.params) == self._best_key:
+        """A new best of an engine: queue its unmeasured neighbours that reuse its conversion (at most
+        ``max_neighbours`` each).  Per engine, not only the overall best: an engine whose default ran at a
+        poor thread count or batch size is one cheap step from its real figure."""
+        if self.cheap is None or not self.queueing or self.configs is None:
             return
-        self._best_key = config_key(best.params)
         finished, queued = self._finished(), self._queued()
-        candidates = [c for c in self.configs or () if distance(c, best.params) == 1
-                      and config_key(c) not in finished and config_key(c) not in queued and self.cheap(best.params, c)]
-        self.rng.shuffle(candidates)
-        for c in candidates[: self.settings.max_neighbours]:
-            self.study.enqueue_trial(c, skip_if_exists=True)
+        for best in self._engine_bests(finished.values()):
+            key = config_key(best.params)
+            if key in self._expanded:
+                continue
+            self._expanded.add(key)
+            candidates = [c for c in self.configs if distance(c, best.params) == 1 and config_key(c) not in finished
+                          and config_key(c) not in queued and self.cheap(best.params, c)]
+            self.rng.shuffle(candidates)
+            for c in candidates[: self.settings.max_neighbours]:
+                self.study.enqueue_trial(c, skip_if_exists=True)
+                queued.add(config_key(c))
+
+    def _engine_bests(self, trials: Any) -> List[FrozenTrial]:
+        """The best feasible complete trial of each engine (single objective)."""
+        if len(self.study.directions) != 1:
+            return []
+        sign = 1 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        best: Dict[Any, FrozenTrial] = {}
+        for t in trials:
+            if t.state != TrialState.COMPLETE or not t.values or any(c > 0 for c in _constraints(t)):
+                continue
+            engine = t.params.get("engine")
+            if engine not in best or sign * t.values[0] > sign * best[engine].values[0]:
+                best[engine] = t
+        return list(best.values())
 
     def _bar(self) -> Optional[tuple]:
         """(best value, the bound a newcomer must pass to count as an improvement beyond noise)."""

@@ -1,12 +1,12 @@
 """``trtsweep`` command: ``doctor`` (which engines can run here, and why not), ``cache ls|prune``
-(what the result and conversion cache holds; removing stale entries), ``report`` (tables,
-Pareto front and plots from a results.csv), ``compare`` (flag regressions against a baseline, for
-nightly jobs: exit code 1 when any configuration got slower or less accurate than allowed), ``nightly``
-(the nightly preset measured afresh, each configuration judged against its MLflow history: exit 1 on a
-regression, 2 on an error; :mod:`trtsweep.nightly`) and ``baseline pin|unpin|ls`` (a run or sweep each
-nightly also compares with).  ``report``
-and ``compare`` take the bounds of ``constraints.*`` (``--max-latency-p99-ms`` …, ``--max-accuracy-drop``)
-and judge every row with them, as a sweep judges its trials."""
+(what the result and conversion cache holds; removing stale entries), ``report`` (tables, Pareto
+front and plots of a sweep; report.html and report.md, see trtsweep.html_report), ``compare`` (flag
+regressions against a baseline, for nightly jobs: exit code 1 when any configuration got slower or
+less accurate than allowed), ``nightly`` (the nightly preset measured afresh, each configuration judged
+against its MLflow history: exit 1 on a regression, 2 on an error; :mod:`trtsweep.nightly`) and
+``baseline pin|unpin|ls`` (a run or sweep each nightly also compares with).  ``report`` and ``compare``
+take the bounds of ``constraints.*`` (``--max-latency-p99-ms`` …, ``--max-accuracy-drop``) and judge
+every row with them, as a sweep judges its trials."""
 
 from __future__ import annotations
 
@@ -87,11 +87,12 @@ def judged(df: pd.DataFrame, a: argparse.Namespace) -> pd.DataFrame:
 
 
 def report_cmd(a: argparse.Namespace) -> int:
-    import pandas as pd
+    from dataclasses import replace
 
-    from trtsweep import report
+    from trtsweep import report, report_source
 
-    df = report.add_speedup(judged(pd.read_csv(a.results), a))
+    data = report_source.load(a.source, a.tracking_uri)
+    df = report.add_speedup(judged(data.table, a))
     print(report.short_table(df) + "\n\n" + report.summary_text(df))
     front = report.pareto_front(df)
     if not front.empty:
@@ -101,6 +102,19 @@ def report_cmd(a: argparse.Namespace) -> int:
         out = Path(a.plot)
         report.plot(df, out)
         print(f"\nplot: {out}")
+    if a.html:
+        from trtsweep import html_report
+
+        paths = html_report.write_report(replace(data, table=df), a.out)
+        print(f"\nreport: {paths[0]} (summary: {paths[1]})")
+        if a.log:
+            try:
+                run = html_report.log_to_parent(data, paths, a.tracking_uri)
+            except Exception as e:  # noqa: BLE001 - the files are written; MLflow only gets a copy
+                print(f"trtsweep: warning: report not logged to MLflow: {type(e).__name__}: {e}", file=sys.stderr)
+            else:
+                if run:
+                    print(f"logged to the MLflow parent run {run}")
     return 0
 
 
@@ -181,9 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("hydra_args", nargs=argparse.REMAINDER)
     s.set_defaults(fn=sweep_cmd)
     sub.add_parser("doctor", help="which engines can run on this machine, and why not").set_defaults(fn=doctor)
-    r = sub.add_parser("report", help="tables, Pareto front and a plot from a results.csv")
-    r.add_argument("results")
+    r = sub.add_parser("report", help="tables, Pareto front, recommendation and an HTML report of a sweep")
+    r.add_argument("source", nargs="?", help="a sweep directory, a results.csv, an MLflow experiment name or run id "
+                   "(default: the latest sweep under outputs/)")
     r.add_argument("--plot", help="write a latency/accuracy plot (PNG) here")
+    r.add_argument("--html", action=argparse.BooleanOptionalAction, default=True,
+                   help="write report.html (plots embedded) and report.md (default: on)")
+    r.add_argument("--out", metavar="DIR", help="write report.html/report.md here (default: next to the source)")
+    r.add_argument("--log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log report.html/report.md to the sweep's MLflow parent run, where the store has it "
+                        "(default: on)")
+    r.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     add_bound_options(r)
     r.set_defaults(fn=report_cmd)
     c = sub.add_parser("compare", help="flag regressions of a results.csv against a baseline (exit 1 if any)")

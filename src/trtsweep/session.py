@@ -195,9 +195,10 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     verdicts = confirm_winners(ctx, records) if status == FINISHED else []
     df = report.apply_confirmation(report.table(records), verdicts)
     paths = report.write(df, ctx.sweep_dir) if not df.empty else []
+    pages = write_html_report(ctx.sweep_dir) if status == FINISHED and not df.empty else []  # Ctrl-C: no wait
     if not df.empty:
         print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df)
-              + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}",
+              + f"\n\nresults: {ctx.sweep_dir / 'results.csv'}" + "".join(f"\nreport: {p}" for p in pages[:1]),
               flush=True)
     if ctx.tracker is not None and ctx.parent_run_id:
         try:
@@ -213,13 +214,25 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
                                                  ctx.sweep_dir / "best.yaml")
                 except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
                     log.error("could not log the confirmation to MLflow: %s", one_line(e))
-            ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1], status=status)
+            ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1] + pages, status=status)
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.stop_pool()
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):
         os.environ.pop(var, None)
     return df
+
+
+def write_html_report(sweep_dir: Path) -> list[Path]:
+    """report.html and report.md in the sweep directory (trtsweep.html_report), or none if that fails."""
+    try:
+        from trtsweep.html_report import write_report
+
+        return write_report(sweep_dir, sweep_dir)
+    except Exception as e:  # results.csv holds the sweep; the report is only a view of it
+        log.error("could not write the HTML report: %s", one_line(e))
+        log.debug("report error", exc_info=True)
+        return []
 
 
 def _child_runs(records: list[dict], parent: str) -> dict[str, str]:

@@ -27,7 +27,8 @@ PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
 MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
-                 TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED"}
+                 TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED",
+                 TrialStatus.PRUNED: "KILLED"}  # stopped by the search after a measurement step
 
 
 def absolute_sqlite_uri(uri: str) -> str:

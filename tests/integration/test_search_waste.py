@@ -12,7 +12,7 @@ import json
 import os
 
 import pytest
-from test_optuna_sweeper import load, optuna, run, sweep_cmd  # noqa: F401 - optuna: importorskip there
+from test_optuna_sweeper import load, mlflow_runs, optuna, run, sweep_cmd  # noqa: F401 - optuna: importorskip
 
 from hydra_plugins.trtsweep_sweepers import _space
 
@@ -85,3 +85,7 @@ def test_a_hopeless_configuration_is_pruned_after_its_first_step(tmp_path):
     rows = pd.read_csv(csv)
     assert set(rows[rows.precision == "fp16"].status) == {"pruned"}
     assert "best" not in rows or not rows[rows.precision == "fp16"].best.fillna(False).astype(bool).any()
+    _, children = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "prune")  # the pruned trial's child run
+    run_ = next(c for c in children if c.info.run_id == slow.user_attrs["mlflow_run_id"])
+    assert run_.info.status == "KILLED" and run_.data.tags["status"] == "pruned"
+    assert "pruned after 1 measurement step(s)" in run_.data.tags["reason"]

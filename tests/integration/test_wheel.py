@@ -60,7 +60,8 @@ def test_wheel_holds_every_config_and_preset(wheel):
         assert (info.external_attr >> 16) & 0o170000 != 0o120000, f"trtsweep/conf/{rel} is a symlink"
         assert info.file_size == (CONF_DIR / rel).stat().st_size
     for module in ("trtsweep/entry.py", "trtsweep/cli.py", "hydra_plugins/trtsweep_sweepers/__init__.py",
-                   "hydra_plugins/trtsweep_sweepers/grid.py"):
+                   "hydra_plugins/trtsweep_sweepers/grid.py", "trtsweep/templates/report.html",
+                   "trtsweep/templates/report.md"):
         assert module in infos, module
     assert "trtsweep = trtsweep.cli:main" in entry_points
 
@@ -105,3 +106,4 @@ def test_installed_wheel_runs_trtsweep_sweep_outside_the_checkout(wheel, tmp_pat
     assert "trials: ok=2" in res.stdout, res.stdout[-2000:]
     (results,) = (work / "outputs" / "multirun").rglob("results.csv")
     assert len(results.read_text().splitlines()) == 3
+    assert "tflite" in (results.parent / "report.html").read_text()  # the report's templates ship too

@@ -59,10 +59,32 @@ def test_compare_shares_the_nightly_rule_a_slowdown_within_the_repeat_noise_is_n
 
 def test_report_prints_best_and_writes_plot(tmp_path, capsys):
     csv = _csv(tmp_path / "r.csv", 1000)
-    assert main(["report", csv, "--plot", str(tmp_path / "p.png")]) == 0
+    assert main(["report", csv, "--plot", str(tmp_path / "p.png"), "--no-html"]) == 0
     out = capsys.readouterr().out
     assert "best for m bs=1: engine=tflite precision=int8" in out and "10.00x vs tf fp32" in out
     assert (tmp_path / "p.png").stat().st_size > 1000
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_of_the_latest_sweep_writes_its_html_next_to_it(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 2  # no sweep yet
+    assert capsys.readouterr().err == ("trtsweep: error: no sweep under outputs/ (no results.csv); fix: trtsweep "
+                                       "report <sweep dir | results.csv | MLflow experiment or run id>, or run a "
+                                       "sweep first\n")
+    old, new = (tmp_path / "outputs" / "multirun" / "2026-11-27" / t for t in ("23-59-00", "00-01-00"))
+    for d, when in ((old, 1_000_000), (new, 2_000_000)):
+        d.mkdir(parents=True)
+        os.utime(_csv(d / "results.csv", 1000), (when, when))
+    assert main(["report"]) == 0
+    rel = new.relative_to(tmp_path)
+    assert f"report: {rel / 'report.html'} (summary: {rel / 'report.md'})" in capsys.readouterr().out
+    assert not (old / "report.html").exists()
+    assert "10.00×" in (new / "report.html").read_text()  # tflite int8 vs tf fp32
+    assert main(["report", str(old), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").exists() and not (old / "report.md").exists()
 
 
 @pytest.mark.parametrize("args", [

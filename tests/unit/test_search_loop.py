@@ -265,3 +265,44 @@ def test_a_journal_file_is_a_storage_several_processes_can_share(tmp_path):
     again = optuna.load_study(study_name="j", storage=_study.open_storage(f"journal:{tmp_path}/j/optuna.journal",
                                                                           10, 30, 1))
     assert len([t for t in again.trials if t.state.name == "COMPLETE"]) >= 2
+
+
+def test_a_failed_configuration_is_not_told_as_known_but_counts_for_exhaustion():
+    space = make_space(*SIX)
+    player = Player()
+
+    def flaky(trial, values, steps):
+        if values["precision"] == "fp16" and values["batch_size"] == 1:
+            player.measured.append(dict(values))
+            return _outcome.trial_outcome(None, "RuntimeError: worker crashed", "throughput_ips", False, 0.01)
+        return player(trial, values, steps)
+
+    search = Search(study(space=space), space, SearchSettings(n_trials=10, seed=0), flaky)
+    assert search.run() == "space exhausted: all 6 configuration(s) measured"
+    fails = [t for t in search.study.get_trials() if t.state.name == "FAIL"]
+    assert fails and all("known_from" not in t.user_attrs for t in fails)  # each failure was a real run
+    assert len(player.measured) == 6  # the space was tried once each
+
+
+def test_the_grid_sampler_enumerates_itself_and_takes_no_queued_trials():
+    space = make_space(*SIX)
+    s = study(sampler="grid", space=space)
+    player = Player()
+    search = Search(s, space, SearchSettings(n_trials=10, seed=0), player, cheap=lambda a, b: True)
+    assert search.warm_start([{"precision": "fp32"}], []) == 0 and not s.get_trials()
+    assert search.run() == "space exhausted: all 6 configuration(s) measured"
+    assert len(player.measured) == 6 and all("grid_id" in t.system_attrs for t in s.get_trials())
+
+
+def test_each_engines_best_has_its_cheap_neighbours_queued_not_only_the_overall_best():
+    space = make_space("engine=choice(tflite,onnx)", "precision=choice(fp32,int8)", "engine.num_threads=choice(1,2)")
+    s = study(space=space)
+    s.enqueue_trial({"engine": "onnx", "precision": "fp32"})  # the overall best (onnx × 1.2) ...
+    s.enqueue_trial({"engine": "tflite", "precision": "fp32", "engine.num_threads": 2})  # ... and tflite's default
+
+    def landscape(v: dict) -> float:  # tflite at 1 thread is the real best, one runtime step from its default
+        return 5000.0 if v.get("engine.num_threads") == 1 else throughput(v)
+
+    player = Player(landscape=landscape)
+    Search(s, space, SearchSettings(n_trials=3, seed=0), player, cheap=_warm.same_conversion).run()
+    assert player.measured[2] == {"engine": "tflite", "precision": "fp32", "engine.num_threads": 1}

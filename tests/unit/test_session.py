@@ -21,6 +21,7 @@ class FakeTracker:
 
     def finish_parent(self, run_id: str, summary: dict, files: list, status: str) -> None:
         self.finished.append(status)
+        self.files = [p.name for p in files]
 
 
 def test_a_sweep_is_finished_with_its_confirmation_or_killed_without_it(tmp_path, monkeypatch):
@@ -48,3 +49,30 @@ def test_fail_stops_the_worker_and_exits_with_one_line(monkeypatch, capsys):
         session.fail("batch_size=0 is invalid; fix: batch_size=1")
     assert e.value.code == 2 and stopped == [True]
     assert capsys.readouterr().err == "trtsweep: error: batch_size=0 is invalid; fix: batch_size=1\n"
+
+
+def _trial(sweep_dir, key: str, engine: str, throughput: float) -> None:
+    import json
+
+    spec = {"model": {"name": "m"}, "engine": engine, "precision": "fp32", "batch_size": 1, "threads": 1,
+            "data": {"name": "random"}, "engine_params": {}}
+    (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+    metrics = {"throughput_ips": throughput, "latency_p50_ms": 1000 / throughput, "accuracy_drop": 0.0}
+    (sweep_dir / "trials" / f"{key}.json").write_text(json.dumps(
+        {"trial_key": key, "status": "ok", "spec": spec, "metrics": metrics}))
+
+
+def test_a_finished_sweep_writes_its_report_and_logs_it_an_interrupted_one_does_not(tmp_path, monkeypatch):
+    tracker = FakeTracker()
+    future = SimpleNamespace(result=lambda: tracker)
+    monkeypatch.setattr(session, "confirm_winners", lambda ctx, records: [])
+    for name, status in (("done", session.FINISHED), ("stopped", session.KILLED)):
+        _trial(tmp_path / name, "k1", "tf", 100.0)
+        _trial(tmp_path / name, "k2", "tflite", 300.0)
+        ctx = session.start_sweep({}, tmp_path / name, "key", "name", 2, [1], tracker_future=future)
+        session.finish_sweep(ctx, status=status)
+    assert tracker.finished == [session.FINISHED, session.KILLED]
+    assert tracker.files == ["results.csv"]  # the interrupted one: results only
+    assert not (tmp_path / "stopped" / "report.html").exists()
+    assert "3.00×" in (tmp_path / "done" / "report.html").read_text()  # tflite vs tf fp32
+    assert (tmp_path / "done" / "report.md").exists()
