@@ -8,8 +8,10 @@
    (``tracking.required=true``: tracking=none or an unreachable server stops it before the first trial).
 2. Judges each configuration against its history and pinned baseline (:mod:`trtsweep.nightly_verdict`)
    and prints what regressed, by how much and against what.
-3. Writes ``nightly.txt`` and ``nightly.json`` (and the HTML report) to the sweep directory and logs them to
-   the nightly's parent run, with the verdict as tags (``nightly.verdict`` on the parent and each trial).
+3. Writes ``nightly.txt``, ``nightly.json`` and the HTML report (``report.html`` / ``report.md``, with each
+   configuration's throughput over the nights and its regression band) to the sweep directory and logs
+   them to the nightly's parent run, with the verdict as tags (``nightly.verdict`` on the parent and each
+   trial).
 
 Exit code: 0 nothing regressed, 1 a regression or a configuration that newly fails, 2 a configuration or
 infrastructure error (the sweep stopped, MLflow unavailable, nothing could be measured).
@@ -123,7 +125,7 @@ def record(verdict: NightlyVerdict, sweep_dir: Path, tracker: Any) -> list[Path]
     with the verdict as tags.  A failure here is logged: the verdict and the exit code stand."""
     files = [atomic_write_text(sweep_dir / "nightly.txt", verdict.text() + "\n"),
              atomic_write_json(sweep_dir / "nightly.json", verdict.to_dict())]
-    files += html_report(sweep_dir)
+    files += html_report(sweep_dir, verdict)
     try:
         for c in verdict.configs:
             tracker.tag(c.run_id, {"nightly.verdict": c.kind, **({"nightly.regression": "; ".join(c.lines())}
@@ -139,17 +141,15 @@ def record(verdict: NightlyVerdict, sweep_dir: Path, tracker: Any) -> list[Path]
     return files
 
 
-def html_report(sweep_dir: Path) -> list[Path]:
-    """---- THE HTML REPORT CALL SITE (issue 10, part 2) ----
-    ``trtsweep.html_report.write_report(source, out_dir) -> list[Path]`` is being written in another
-    session; until it is merged this writes nothing (nightly.txt and nightly.json are the report).  Its
-    files go to the parent run with the rest (:func:`record`)."""
+def html_report(sweep_dir: Path, verdict: NightlyVerdict) -> list[Path]:
+    """---- THE HTML REPORT CALL SITE ----
+    report.html / report.md (:func:`trtsweep.html_report.write_report`), written again over the ones the
+    sweep wrote, now with each configuration's throughput over the nights and tonight's regression band;
+    :func:`record` logs them to the parent run with the rest."""
     try:
-        from trtsweep.html_report import write_report  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    try:
-        return [Path(p) for p in write_report(sweep_dir, sweep_dir)]
+        from trtsweep.html_report import write_report
+
+        return [Path(p) for p in write_report(sweep_dir, sweep_dir, history=verdict.history_frame())]
     except Exception as e:  # the text report stands without the HTML one
         log.error("could not write the HTML report: %s", one_line(e))
         log.debug("HTML report error", exc_info=True)

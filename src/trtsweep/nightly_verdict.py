@@ -42,6 +42,9 @@ class ConfigVerdict:
     pinned: list[Change] = field(default_factory=list)  # against the pinned baseline
     pinned_run: str = ""
     pinned_when: str = ""
+    when: str = ""  # when it ran tonight
+    throughput_ips: float | None = None  # tonight's
+    points: list[tuple[str, float]] = field(default_factory=list)  # (when, throughput) of its reference runs
 
     def lines(self) -> list[str]:
         """What regressed, by how much and against what: one line each."""
@@ -78,6 +81,21 @@ class NightlyVerdict:
         if not any(c.status in {s.value for s in MEASURED} for c in self.configs):
             return 2
         return 1 if self.of(*ALARMS) else 0
+
+    def history_frame(self) -> Any:
+        """Each compared configuration's reference runs and tonight, with tonight's regression band (the
+        reference median ± the allowance): the ``history`` of :func:`trtsweep.html_report.write_report`."""
+        import pandas as pd
+
+        rows = []
+        for c in self.configs:
+            change = c.largest()
+            if change is None or c.throughput_ips is None:
+                continue
+            low, high = change.reference * (1 - change.limit), change.reference * (1 + change.limit)
+            rows += [{"config_id": c.label, "date": when, "throughput_ips": tput, "band_low": low, "band_high": high}
+                     for when, tput in [*c.points, (c.when, c.throughput_ips)]]
+        return pd.DataFrame(rows, columns=["config_id", "date", "throughput_ips", "band_low", "band_high"])
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "exit_code": self.exit_code,
@@ -122,8 +140,8 @@ class NightlyVerdict:
         return "\n".join(out)
 
 
-def _date(ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.localtime(ms / 1000))
+def _date(ms: int, fmt: str = "%Y-%m-%d") -> str:
+    return time.strftime(fmt, time.localtime(ms / 1000))
 
 
 def _bound(run: Any) -> float | None:
@@ -154,6 +172,10 @@ def judge_config(run: Any, history_n: int, rule: Rule) -> ConfigVerdict:
         verdict.kind = "newly_failing" if history or pin else "skipped" if status == "skipped" else "failing"
         return verdict
     now, bound = Measurement.of(run.data.metrics, status), _bound(run)
+    verdict.when, verdict.throughput_ips = _date(run.info.start_time, "%Y-%m-%d %H:%M"), now.throughput_ips
+    reference = history or ([pin] if pin is not None else [])
+    verdict.points = [(_date(r.info.start_time, "%Y-%m-%d %H:%M"), r.data.metrics["throughput_ips"])
+                      for r in reversed(reference) if "throughput_ips" in r.data.metrics]
     if history:
         verdict.history = changes(now, [Measurement.of(r.data.metrics, r.data.tags.get("status", "ok"))
                                         for r in history], rule, bound)

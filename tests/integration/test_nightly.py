@@ -73,7 +73,9 @@ def test_a_quick_nightly_twice_on_digits_cnn(tmp_path, cache_dir):
     tonight = next(p for p in parents if p.data.tags["nightly_run"] == v2["run"])
     assert tonight.data.tags["nightly.verdict"] == "regressed" and tonight.data.tags["nightly.regressed"] == "1"
     logged = {f.path for f in client.list_artifacts(tonight.info.run_id)}
-    assert {"nightly.txt", "nightly.json"} <= logged
+    assert {"nightly.txt", "nightly.json", "report.html", "report.md"} <= logged
+    page = sorted((tmp_path / "outputs" / "nightly").rglob("report.html"), key=lambda p: p.stat().st_mtime)[-1]
+    assert "Throughput over time" in page.read_text()  # the nightly's history with its regression band
     flagged = client.get_run(onnx["run_id"]).data.tags
     assert flagged["nightly.verdict"] == "regressed" and "throughput" in flagged["nightly.regression"]
 

@@ -139,6 +139,12 @@ def test_a_30_percent_drop_is_the_only_one_flagged_and_quiet_nights_pass(store, 
     assert "(-3" in text  # by how much: about −30%
     child = baseline.search(f"attributes.run_id = '{flagged[0].run_id}'", max_results=1)[0]
     assert child.data.tags[CONFIG_TAG] == flagged[0].config_id
+    # the HTML report's history: the 7 reference nights and tonight per configuration, tonight's band;
+    # only the injected configuration is below it tonight
+    hist = v.history_frame()
+    assert len(hist) == 4 * 8 and hist.groupby("config_id").size().tolist() == [8] * 4
+    below = hist[(hist.throughput_ips < hist.band_low)]
+    assert below.config_id.tolist() == [flagged[0].label]
 
 
 def test_a_pinned_baseline_is_compared_and_pinning_again_replaces_it(store, specs):
