@@ -32,6 +32,17 @@ def digits_model(cache_dir):
     return models.resolve(ModelConfig(name="digits_cnn", source="digits_cnn"), cache_dir)
 
 
+@pytest.fixture
+def seeded_cache(tmp_path, digits_model, cache_dir) -> Path:
+    """``tmp_path/cache`` holding only the session's built models (digits_cnn is trained once per session):
+    conversions, results and reference outputs start empty, as in a fresh cache."""
+    import shutil
+
+    dst = tmp_path / "cache"
+    shutil.copytree(Path(cache_dir) / "models", dst / "models", dirs_exist_ok=True)
+    return dst
+
+
 class SweepRun:
     def __init__(self, cwd: Path, cache: Path):
         self.cwd, self.cache = cwd, cache

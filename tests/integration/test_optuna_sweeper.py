@@ -310,6 +310,7 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_requeued(tmp_
 # ---------------------------------------------------------------------------
 # slow: real sweeps
 @pytest.mark.slow
+@pytest.mark.usefixtures("seeded_cache")
 def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_path):
     t0 = time.time()
     cmd = sweep_cmd(tmp_path, "engine=choice(tf,tflite)", "precision=choice(fp32,int8)", "batch_size=choice(1,8)",
@@ -349,6 +350,7 @@ def test_search_ends_with_a_feasible_best_and_one_mlflow_child_per_trial(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("seeded_cache")
 @pytest.mark.parametrize("override, expected", [
     # on the command line Hydra itself rejects `precision=choice()` before any sweeper runs; from a preset's
     # hydra.sweeper.params (here: the same, added on the command line) the sweeper reports it
@@ -372,6 +374,7 @@ def test_invalid_space_fails_before_the_first_trial(tmp_path, override, expected
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("seeded_cache")
 def test_killed_study_resumes_and_the_interrupted_trial_is_not_lost(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,fp16)", "batch_size=choice(1,8)",

@@ -29,6 +29,7 @@ def measured_results(cache) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("seeded_cache")
 def test_six_point_space_measures_six_configurations_then_a_second_search_measures_nothing(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     proc = run(sweep_cmd(tmp_path, *SIX, "hydra.sweeper.n_trials=10", "hydra.sweeper.seed=0", study="first"),
@@ -59,6 +60,7 @@ def test_six_point_space_measures_six_configurations_then_a_second_search_measur
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("seeded_cache")
 def test_a_hopeless_configuration_is_pruned_after_its_first_step(tmp_path):
     os.environ["TRTSWEEP_TEST_FAULT"] = "slow@precision=fp16"
     try:
