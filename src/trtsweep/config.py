@@ -148,6 +148,9 @@ class TrackingConfig:
     experiment: str = "trtsweep"
     log_models: bool = True
     enabled: bool = True
+    #: each confirmed winner a version of ``trtsweep.<model>`` in the Model Registry, alias ``champion`` on
+    #: the fastest (needs ``log_models``)
+    register_best: bool = True
 
 
 @dataclass
