@@ -9,8 +9,8 @@ confirmed winners registered in the Model Registry.
 - :func:`register_winners`: each confirmed winner becomes a version of the registered model
   ``trtsweep.<model>`` (MLflow forbids ``/`` in registered model names).  The alias ``champion`` moves
   to it only when it is faster than the current champion: a higher ``confirm_throughput_ips`` on its run
-  than on the champion version's run, at the same batch size on the same host (``host_id``; other
-  hosts or batch sizes are not comparable, and the champion stays).  Earlier versions are kept.
+  than on the champion version's run, at the same batch size on the same machine (:func:`machine_id`;
+  other machines or batch sizes are not comparable, and the champion stays).  Earlier versions are kept.
 
 Every failure here is one error line; the result cache and results.csv hold the sweep regardless.
 """
@@ -26,11 +26,14 @@ from typing import Any
 
 from trtsweep.config import TrialSpec, mlflow_params
 from trtsweep.errors import one_line
+from trtsweep.identity import digest
 from trtsweep.results import MEASURED, TrialResult
 
 log = logging.getLogger("trtsweep")
 
 CHAMPION = "champion"
+#: the model version's tag naming the machine its trial was measured on (:func:`machine_id`)
+MACHINE_TAG = "trtsweep.machine_id"
 
 
 def registered_name(model: str) -> str:
@@ -144,8 +147,9 @@ def _register(client: Any, verdict: Any, record: dict, parent_id: str) -> None:
         name, source, run_id=run_id, model_id=model_id, description=verdict.text,
         tags={"trtsweep.trial_key": verdict.winner, "engine": spec["engine"], "precision": spec["precision"],
               "batch_size": str(spec["batch_size"]), "threads": str(spec.get("threads")),
-              "confirm_throughput_ips": f"{verdict.stats[verdict.winner]['confirm_throughput_ips']:.6g}"})
-    _crown(client, name, version, verdict)
+              "confirm_throughput_ips": f"{verdict.stats[verdict.winner]['confirm_throughput_ips']:.6g}",
+              MACHINE_TAG: machine_id(spec)})
+    _crown(client, name, version, verdict, spec["batch_size"], machine_id(spec))
 
 
 def _ensure_registered(client: Any, name: str, model: str) -> None:
@@ -161,39 +165,47 @@ def _ensure_registered(client: Any, name: str, model: str) -> None:
             client.get_registered_model(name)
 
 
-def _crown(client: Any, name: str, version: Any, verdict: Any) -> None:
+def _crown(client: Any, name: str, version: Any, verdict: Any, batch_size: Any, machine: str) -> None:
     """Move ``champion`` to ``version`` when there is none, or when it is faster than the champion's at
-    the same batch size on the same host."""
+    the same batch size on the same machine."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # noqa: BLE001 - no champion yet (MLflow raises for a missing alias)
         champion = None
     if champion is not None and champion.version == version.version:
         return
-    new = _standing(client, version.run_id, verdict.stats[verdict.winner]["confirm_throughput_ips"])
+    throughput = verdict.stats[verdict.winner]["confirm_throughput_ips"]
+    where = f"{name} version {version.version} ({throughput:.1f} items/s, bs={batch_size})"
     try:
-        old = _standing(client, champion.run_id) if champion is not None else None
+        old = _standing(client, champion) if champion is not None else None
     except Exception:  # noqa: BLE001 - the champion's run is gone: nothing to compare with
         old = None
-    where = f"{name} version {version.version} ({new['throughput']:.1f} items/s, bs={new['batch_size']})"
-    if old is not None and (old["batch_size"], old["host_id"]) != (new["batch_size"], new["host_id"]):
-        log.info("registry: %s registered; %s stays at version %s (bs=%s, host %s): not comparable (host %s)",
-                 where, CHAMPION, champion.version, old["batch_size"], old["host_id"], new["host_id"])
-        return
-    if old is not None and old["throughput"] is not None and new["throughput"] <= old["throughput"]:
-        log.info("registry: %s registered; %s stays at version %s (%.1f items/s)", where, CHAMPION, champion.version,
-                 old["throughput"])
-        return
+    if old is not None:
+        other = ("another batch size" if old["batch_size"] != str(batch_size) else
+                 "another machine" if old["machine"] not in (None, machine) else "")
+        if other:
+            log.info("registry: %s registered; %s stays at version %s (bs=%s): not comparable, %s", where, CHAMPION,
+                     champion.version, old["batch_size"], other)
+            return
+        if old["throughput"] is not None and throughput <= old["throughput"]:
+            log.info("registry: %s registered; %s stays at version %s (%.1f items/s)", where, CHAMPION,
+                     champion.version, old["throughput"])
+            return
     client.set_registered_model_alias(name, CHAMPION, version.version)
     log.info("registry: %s is the %s%s", where, CHAMPION,
              f" (was version {champion.version}, {old['throughput']:.1f} items/s)" if old and old["throughput"] else "")
 
 
-def _standing(client: Any, run_id: str, throughput: float | None = None) -> dict:
-    """What a version is judged by, from its run: confirmed throughput (else the trial's), batch size, host."""
-    run = client.get_run(run_id)
+def _standing(client: Any, version: Any) -> dict:
+    """What a registered version is judged by: its run's confirmed throughput (else the trial's) and batch
+    size, and the machine it was measured on (its tag; None for a version registered otherwise)."""
+    run = client.get_run(version.run_id)
     m = run.data.metrics
-    if throughput is None:
-        throughput = m.get("confirm_throughput_ips", m.get("throughput_ips"))
-    return {"throughput": throughput, "batch_size": run.data.params.get("batch_size"),
-            "host_id": run.data.tags.get("host_id")}
+    return {"throughput": m.get("confirm_throughput_ips", m.get("throughput_ips")),
+            "batch_size": run.data.params.get("batch_size"), "machine": (version.tags or {}).get(MACHINE_TAG)}
+
+
+def machine_id(spec: dict) -> str:
+    """The machine a result was measured on: its host identity (CPU model and flags, GPU) without the core
+    set, which is the trial's core budget (a setting), not another machine."""
+    return digest({k: v for k, v in (spec.get("host") or {}).items() if k != "core_set"}, 12)

@@ -22,17 +22,18 @@ def client(tmp_path):
     return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def _winner(client: MlflowClient, exp: str, key: str, throughput: float, host: str = "host-a", bs: int = 1):
-    """A confirmed winner as a sweep leaves it: a child run (batch size, host, confirmed throughput) that
-    produced a logged model, its trial record and its verdict."""
+def _winner(client: MlflowClient, exp: str, key: str, throughput: float, cpu: str = "cpu-a", cores: str = "0,1",
+            bs: int = 1):
+    """A confirmed winner as a sweep leaves it: a child run (batch size, confirmed throughput) that produced
+    a logged model, its trial record (the host it was measured on) and its verdict."""
     run = client.create_run(exp).info.run_id
     client.log_batch(run, metrics=[Metric("confirm_throughput_ips", throughput, 0, 0)],
-                     params=[Param("batch_size", str(bs))], tags=[RunTag("host_id", host)])
+                     params=[Param("batch_size", str(bs))], tags=[RunTag("host_id", f"{cpu}/{cores}")])
     model = client.create_logged_model(exp, name=key, source_run_id=run)
     client.log_outputs(run, [LoggedModelOutput(model.model_id, step=0)])
     record = {"trial_key": key, "mlflow_run_ids": {PARENT: run},
               "spec": {"model": {"name": "digits_cnn"}, "engine": "tflite", "precision": "fp32", "batch_size": bs,
-                       "threads": 2}}
+                       "threads": len(cores.split(",")), "host": {"cpu_model": cpu, "core_set": cores}}}
     verdict = SimpleNamespace(winner=key, group=f"digits_cnn bs={bs}", text=f"{key} won",
                               stats={key: {"confirm_throughput_ips": throughput}})
     return record, verdict
@@ -46,7 +47,7 @@ def _versions(client: MlflowClient) -> list[int]:
     return sorted(int(v.version) for v in client.search_model_versions(f"name = '{registered_name('digits_cnn')}'"))
 
 
-def test_champion_moves_only_to_a_faster_winner_at_the_same_batch_size_on_the_same_host(client):
+def test_champion_moves_only_to_a_faster_winner_at_the_same_batch_size_on_the_same_machine(client):
     exp = client.create_experiment("registry")
 
     def confirm(*winners):
@@ -58,14 +59,15 @@ def test_champion_moves_only_to_a_faster_winner_at_the_same_batch_size_on_the_sa
     confirm(first)  # the same sweep again (its runs reused): no second version of the same model
     assert _versions(client) == [1]
 
-    confirm(_winner(client, exp, "faster", 1500.0))
+    # on another core set of the same machine (threads=1 vs 2): the same machine, comparable
+    confirm(_winner(client, exp, "faster", 1500.0, cores="0"))
     assert _versions(client) == [1, 2] and _champion(client) == 2  # the old version stays
 
     confirm(_winner(client, exp, "slower", 1200.0))
     assert _versions(client) == [1, 2, 3] and _champion(client) == 2
 
-    # faster, but not comparable: another host, or another batch size (items/s grow with the batch)
-    confirm(_winner(client, exp, "elsewhere", 9000.0, host="host-b"), _winner(client, exp, "batched", 9000.0, bs=32))
+    # faster, but not comparable: another CPU, or another batch size (items/s grow with the batch)
+    confirm(_winner(client, exp, "elsewhere", 9000.0, cpu="cpu-b"), _winner(client, exp, "batched", 9000.0, bs=32))
     assert _versions(client) == [1, 2, 3, 4, 5] and _champion(client) == 2
 
     tags = client.get_model_version(registered_name("digits_cnn"), "2").tags
