@@ -165,7 +165,8 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
         total = int(os.environ.get(ENV_TOTAL, "1"))
     else:
         index = total = 1
-    result = runner.execute(spec)
+    tracker = ctx.tracker if ctx.parent_run_id else None
+    result = runner.execute(spec, mlflow_model=tracker is not None and tracker.cfg.log_models)
     if result.status == TrialStatus.FAILED and result.traceback:
         tb_path = Path(hc.runtime.output_dir) / "traceback.txt"
         tb_path.parent.mkdir(parents=True, exist_ok=True)

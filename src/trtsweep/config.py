@@ -150,6 +150,7 @@ class TrackingConfig:
     enabled: bool = True
     tags: dict = field(default_factory=dict)  # name -> text, on every run of the sweep (parent and children)
     required: bool = False  # MLflow must work: disabled or unreachable stops the sweep (trtsweep nightly)
+    register_best: bool = True  # confirmed winners → trtsweep.<model> in the Model Registry (needs log_models)
 
     def validate(self) -> None:
         for bad in (k for k, v in self.tags.items() if isinstance(v, (dict, list))):

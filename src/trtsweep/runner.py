@@ -203,8 +203,11 @@ def worker_env(spec: TrialSpec) -> dict[str, str] | None:
     return eng.process_env(make_params(eng, spec.engine_params)) or None
 
 
-def execute(spec: TrialSpec) -> TrialResult:
-    """Run one trial (or return its cached result). Never raises for a trial's own failure."""
+def execute(spec: TrialSpec, mlflow_model: bool = False) -> TrialResult:
+    """Run one trial (or return its cached result). Never raises for a trial's own failure.
+
+    ``mlflow_model``: also package the measured model as an MLflow model (trtsweep.mlflow_models), for a
+    cached result too when it has none; its directory is ``report["mlflow_model"]``."""
     key = spec.trial_key()
     if spec.skip_reason:
         now = time.time()
@@ -221,11 +224,14 @@ def execute(spec: TrialSpec) -> TrialResult:
                 # its MLflow runs show the old verdict: without the links, tracking finds each parent's
                 # child run again (by trial key) and updates it
                 cached.mlflow_run_ids = {}
+            if mlflow_model:
+                _package_cached(cached, spec)
             return cached
     started = time.time()
     p = pool()
     try:
-        out = p.call("trial", {"spec": spec.to_dict(), "fault": fault, "report_steps": steps.current() is not None},
+        out = p.call("trial", {"spec": spec.to_dict(), "fault": fault, "report_steps": steps.current() is not None,
+                               "mlflow_model": mlflow_model},
                      worker_env(spec), spec.trial.timeout_s, spec.trial.max_memory_mb)
     except TrialFailure as f:
         result = TrialResult(key, TrialStatus.FAILED, spec.to_dict(), reason=f.reason, traceback=f.traceback,
@@ -250,6 +256,27 @@ def execute(spec: TrialSpec) -> TrialResult:
     if not (result.status == TrialStatus.PRUNED and previous is not None and previous.status in MEASURED):
         save_result(result, spec.cache_dir)  # a partial (pruned) measurement never replaces a complete one
     return result
+
+
+def _package_cached(result: TrialResult, spec: TrialSpec) -> None:
+    """A cached result's MLflow model: its directory when it exists, else packaged now in the worker (not
+    again when packaging failed when it was measured: the same versions would fail the same way)."""
+    from trtsweep.mlflow_models import package_dir
+
+    target = package_dir(spec)
+    if (target / "MLmodel").exists():
+        result.report["mlflow_model"] = str(target)
+        return
+    if result.report.get("mlflow_model_error"):
+        return
+    try:
+        packaged = pool().call("package_model", {"spec": spec.to_dict()}, worker_env(spec), spec.trial.timeout_s,
+                               spec.trial.max_memory_mb)
+    except TrialFailure as f:
+        packaged = {"mlflow_model_error": f.reason}
+    result.report.pop("mlflow_model", None)
+    result.report.pop("mlflow_model_error", None)
+    result.report.update(packaged)
 
 
 def judge(result: TrialResult, spec: TrialSpec) -> None:

@@ -214,6 +214,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
                                                  ctx.sweep_dir / "best.yaml")
                 except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
                     log.error("could not log the confirmation to MLflow: %s", one_line(e))
+                _register_winners(ctx, verdicts, records)
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1] + pages, status=status)
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
@@ -233,6 +234,16 @@ def write_html_report(sweep_dir: Path) -> list[Path]:
         log.error("could not write the HTML report: %s", one_line(e))
         log.debug("report error", exc_info=True)
         return []
+
+
+def _register_winners(ctx: SweepContext, verdicts: list, records: list[dict]) -> None:
+    """The confirmed winners in the Model Registry (``tracking.register_best``; their logged models exist
+    with ``tracking.log_models``): :func:`trtsweep.mlflow_registry.register_winners`, which never raises."""
+    tcfg = tracking_config(ctx.cfg)
+    if tcfg.register_best and tcfg.log_models:
+        from trtsweep.mlflow_registry import register_winners
+
+        register_winners(ctx.tracker.client, verdicts, records, ctx.parent_run_id)
 
 
 def _child_runs(records: list[dict], parent: str) -> dict[str, str]:

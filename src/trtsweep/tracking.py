@@ -244,13 +244,10 @@ class Tracker:
                 tb = Path(d) / "traceback.txt"
                 tb.write_text(result.traceback)
                 self.client.log_artifact(run_id, str(tb))
-        art = Path(result.artifact) if result.artifact else None
-        if (self.cfg.log_models and art is not None and art.exists() and result.status != TrialStatus.FAILED
-                and spec.engine != "tf"):  # engine=tf: the artifact is the user's own SavedModel
-            if art.is_dir():
-                self.client.log_artifacts(run_id, str(art), artifact_path="model")
-            else:
-                self.client.log_artifact(run_id, str(art), artifact_path="model")
+        if self.cfg.log_models:  # the trial's MLflow model (trtsweep.mlflow_models) as a logged model of the run
+            from trtsweep.mlflow_registry import log_model
+
+            log_model(self.client, self.experiment_id, run_id, result, spec)
 
     # ---- an Optuna study (hydra/sweeper=optuna): its trials' child runs and its parent ----
     def tag_study_trial(self, run_id: str, study_name: str, number: int, state: str) -> None:

@@ -52,7 +52,8 @@ def serve(conn, env: dict[str, str]) -> None:
             continue
         try:
             handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "confirm_load": confirm_load,
-                       "confirm_run": confirm_run, "confirm_close": confirm_close}[kind]
+                       "confirm_run": confirm_run, "confirm_close": confirm_close,
+                       "package_model": package_model}[kind]
             conn.send(("ok", handler(payload)))
         except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
             from trtsweep.errors import one_line
@@ -192,6 +193,8 @@ def run_trial(payload: dict) -> dict:
 
     spec = TrialSpec.from_dict(payload["spec"])
     pinned = cores.pin(spec.core_set)  # the trial's core budget, for every thread this worker has
+    if payload.get("mlflow_model"):  # imported before the peak is reset: in every trial of the sweep alike
+        import mlflow.pyfunc  # noqa: F401
     _reset_peak_rss()
     t_start = time.time()
     inject(payload.get("fault"))  # tests only (trtsweep.faults)
@@ -216,6 +219,9 @@ def run_trial(payload: dict) -> dict:
         fidelity = {} if m.stopped else _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
         fidelity_s = time.perf_counter() - t_fidelity  # ~0 when served from its cache (same artifact, settings)
         describe = loaded.describe()
+        peak_rss_mb = _peak_rss_mb()  # the trial's own: packaging its MLflow model below is not part of it
+        packaged = {} if m.stopped or not payload.get("mlflow_model") else _package(spec, engine, model, ds,
+                                                                                    artifact, loaded)
     finally:
         loaded.close()
     metrics = {
@@ -223,7 +229,7 @@ def run_trial(payload: dict) -> dict:
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s, "fidelity_time_s": fidelity_s,
         "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb,
         "eval_samples": float(ds.eval_count),
     }
     return {
@@ -231,7 +237,7 @@ def run_trial(payload: dict) -> dict:
         "report": {"conversion": conv["report"], "runtime": {**describe, "core_set": pinned},
                    "model": model.to_dict(), "conversion_cached": conv["conversion_cached"],
                    "repeat_means_ms": m.repeat_means_ms, "repeat_trimmed_ms": m.repeat_trimmed_ms,
-                   "step_end_s": m.step_end_s},
+                   "step_end_s": m.step_end_s, **packaged},
         "artifact": str(artifact),
         "pruned": m.stopped,
         "unstable": m.unstable,
@@ -239,6 +245,32 @@ def run_trial(payload: dict) -> dict:
         "started_at": t_start,
         "conversion_cached": conv["conversion_cached"],
     }
+
+
+def _package(spec, engine, model, ds, artifact, loaded) -> dict:
+    """The trial's MLflow model (trtsweep.mlflow_models), for the trial report: ``mlflow_model`` (its
+    directory), or ``mlflow_model_error`` (one line: the trial itself stands)."""
+    from trtsweep import mlflow_models
+    from trtsweep.errors import one_line
+
+    try:
+        return {"mlflow_model": str(mlflow_models.package(spec, engine, model, ds, artifact, loaded))}
+    except Exception as e:  # the measurement is complete and valid without it
+        log.debug("MLflow model packaging failed", exc_info=True)
+        return {"mlflow_model_error": one_line(e)}
+
+
+def package_model(payload: dict) -> dict:
+    """The MLflow model of a result served from the cache (measured when none was packaged)."""
+    from trtsweep.config import TrialSpec
+
+    spec = TrialSpec.from_dict(payload["spec"])
+    model, ds, engine, artifact, _ = _converted(spec)
+    loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
+    try:
+        return _package(spec, engine, model, ds, artifact, loaded)
+    finally:
+        loaded.close()
 
 
 def _ask_parent(step: int, throughput_ips: float) -> str | None:

@@ -166,15 +166,18 @@ def test_tftrt_trials_are_skipped_here_and_the_rest_runs(sweep):
     assert by_engine["tflite"].data.metrics["throughput_ips"] > 0
 
 
-def test_converted_model_is_logged_as_artifact(sweep):
+def test_converted_model_is_logged_as_an_mlflow_model(sweep):
     res = sweep("engine=tflite", "precision=int8_dynamic", "tracking.log_models=true")
     assert res.returncode == 0, res.stderr[-3000:]
     _, children = sweep.runs()
     client = sweep.client()
     names = {a.path for a in client.list_artifacts(children[0].info.run_id)}
-    assert {"config.yaml", "trial_report.json", "model"} <= names
-    model_files = [a.path for a in client.list_artifacts(children[0].info.run_id, "model")]
-    assert model_files == ["model/model.tflite"]
+    assert {"config.yaml", "trial_report.json"} <= names and "model" not in names  # no raw copy beside it
+    (output,) = client.get_run(children[0].info.run_id).outputs.model_outputs  # the run's logged model
+    files = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
+    assert {"MLmodel", "artifacts", "code", "input_example.json", "requirements.txt"} <= files
+    assert [a.path for a in client.list_logged_model_artifacts(output.model_id, "artifacts")] == [
+        "artifacts/model.tflite"]
 
 
 def test_user_saved_model_with_dynamic_dims(sweep, tmp_path):

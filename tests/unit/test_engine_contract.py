@@ -56,6 +56,14 @@ class TestEngineContract:
         av = eng.availability()
         assert av.available or (av.reason and "\n" not in av.reason)
 
+    def test_names_an_mlflow_flavor_that_exists(self, name):
+        """``pyfunc`` (trtsweep's wrapper around the engine's loaded model) or an MLflow flavor module
+        whose ``save_model`` trtsweep.mlflow_models calls with the engine's ``mlflow_model_args``."""
+        import importlib
+
+        flavor = get_engine(name).mlflow_flavor
+        assert flavor == "pyfunc" or callable(importlib.import_module(f"mlflow.{flavor}").save_model)
+
     def test_unknown_parameter_is_rejected(self, name):
         with pytest.raises(ConfigError, match=f"engine.no_such_param is not a parameter of engine={name}"):
             make_params(get_engine(name), {"no_such_param": 1})

@@ -156,6 +156,10 @@ class Engine(ABC):
     #: its loaded models report ``gpu_memory_mb`` (``LoadedModel.run_metrics``): only these trials are
     #: judged by ``constraints.max_gpu_memory_mb``
     reports_gpu_memory: ClassVar[bool] = False
+    #: how a converted artifact is logged as an MLflow model (:mod:`trtsweep.mlflow_models`): an MLflow
+    #: flavor (``tensorflow``, ``onnx``) whose ``save_model`` takes :meth:`mlflow_model_args`, or
+    #: ``pyfunc``: a wrapper around this engine's own loaded model, for libraries MLflow has no flavor for
+    mlflow_flavor: ClassVar[str] = "pyfunc"
 
     def __init__(self, params: Any):
         self.params = params
@@ -254,6 +258,12 @@ class Engine(ABC):
     @abstractmethod
     def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         """Load and fully build the converted model for ``batch_size``."""
+
+    def mlflow_model_args(self, artifact: Path, model: ModelInfo, loaded: LoadedModel) -> dict:
+        """The arguments of ``mlflow.<mlflow_flavor>.save_model`` for ``artifact`` other than the path,
+        signature, input example and requirements (e.g. ``onnx_model``); called in the trial worker with
+        the measured model.  ``pyfunc`` engines need none."""
+        return {}
 
 
 # ---- registry: engines are discovered by module name, so adding one edits no list ----

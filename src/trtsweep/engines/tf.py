@@ -45,11 +45,43 @@ class TFModel(LoadedModel):
                 "inter_op_threads": threading.get_inter_op_parallelism_threads()}
 
 
+def serving_module(saved: Any, model: ModelInfo) -> Any:
+    """A ``tf.Module`` around a loaded SavedModel whose ``__call__`` runs its serving signature on the one
+    input and returns the output (a dict of them if several): what MLflow's tensorflow flavor saves and
+    its pyfunc calls.  The SavedModel (variables, engines) is tracked, so saving this re-saves it whole."""
+    import tensorflow as tf
+
+    fn = saved.signatures[model.signature_key]
+    (inp,) = model.inputs
+    spec = fn.structured_input_signature[1][inp.name]
+    outs = [o.name for o in model.outputs]
+
+    class Serving(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved = saved
+
+        @tf.function(input_signature=[tf.TensorSpec(spec.shape, spec.dtype, name=inp.name)])
+        def __call__(self, x):
+            out = fn(**{inp.name: x})
+            return out[outs[0]] if len(outs) == 1 else {k: out[k] for k in outs}
+
+    return Serving()
+
+
+def saved_model_args(saved: Any, model: ModelInfo) -> dict:
+    """``mlflow.tensorflow.save_model`` arguments for a loaded SavedModel: the serving module, with the
+    model's own serving signature kept under its key."""
+    return {"model": serving_module(saved, model),
+            "saved_model_kwargs": {"signatures": {model.signature_key: saved.signatures[model.signature_key]}}}
+
+
 class TFEngine(Engine):
     name = "tf"
     precisions = ("fp32",)
     Params = TFParams
     thread_params = ("intra_op_threads", "inter_op_threads")
+    mlflow_flavor = "tensorflow"
 
     @classmethod
     def unsupported(cls, precision: str, params: Any) -> str | None:
@@ -82,6 +114,10 @@ class TFEngine(Engine):
 
     def load(self, artifact: Path, model: ModelInfo, precision: str, batch_size: int) -> LoadedModel:
         return TFModel(model, self.params.jit_compile)
+
+    def mlflow_model_args(self, artifact: Path, model: ModelInfo, loaded: LoadedModel) -> dict:
+        assert isinstance(loaded, TFModel)
+        return saved_model_args(loaded._loaded, model)
 
 
 ENGINE = TFEngine

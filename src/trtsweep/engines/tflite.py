@@ -151,6 +151,7 @@ class TFLiteEngine(Engine):
     thread_params = ("num_threads",)
     auto_threads = (0, -1)  # -1: LiteRT's own default
     libraries = ("tensorflow|tensorflow-cpu", "ai-edge-litert")
+    mlflow_flavor = "pyfunc"  # MLflow has no LiteRT/TFLite flavor: trtsweep.mlflow_pyfunc wraps TFLiteModel
 
     @classmethod
     def availability(cls) -> Availability:

@@ -109,6 +109,7 @@ class OnnxEngine(Engine):
     Params = OnnxParams
     thread_params = ("intra_op_num_threads", "inter_op_num_threads")
     libraries = ("tensorflow|tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime|onnxruntime-gpu")
+    mlflow_flavor = "onnx"
 
     # ---- planning ----------------------------------------------------------
     @classmethod
@@ -214,6 +215,20 @@ class OnnxEngine(Engine):
             providers.append("CPUExecutionProvider")  # ORT assigns ops the provider lacks to CPU
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         return OnnxModel(session, model, batch_size, _options_dict(self.params))
+
+    def mlflow_model_args(self, artifact: Path, model: ModelInfo, loaded: LoadedModel) -> dict:
+        """The ONNX model with this trial's session options and providers (MLflow's pyfunc runs it so)."""
+        import onnx
+        import onnxruntime as ort
+
+        p = self.params
+        level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION_LEVELS[p.graph_optimization_level])
+        providers = list(dict.fromkeys([EXECUTION_PROVIDERS[p.provider], "CPUExecutionProvider"]))
+        return {"onnx_model": onnx.load(str(_artifact_file(Path(artifact)))), "onnx_execution_providers": providers,
+                "onnx_session_options": {"intra_op_num_threads": p.intra_op_num_threads,
+                                         "inter_op_num_threads": p.inter_op_num_threads,
+                                         "execution_mode": p.execution_mode,
+                                         "graph_optimization_level": int(level)}}
 
 
 ENGINE = OnnxEngine

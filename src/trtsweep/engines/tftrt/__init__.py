@@ -250,6 +250,8 @@ class TFTRTEngine(Engine):
     Params = TFTRTParams
     #: TensorRT is linked into TensorFlow (its version follows TF's); the pip ``tensorrt`` where present
     libraries = ("tensorflow|tensorflow-cpu", "tensorrt")
+    #: the converted SavedModel, re-saved whole (engines included) with a ``__call__`` for MLflow's pyfunc
+    mlflow_flavor = "tensorflow"
 
     # ---- planning ----
     @classmethod
@@ -354,6 +356,12 @@ class TFTRTEngine(Engine):
         _allow_gpu_memory_growth()
         with _hinted_errors():
             return TFTRTModel(_resolve_saved_model(Path(artifact)), model, batch_size)
+
+    def mlflow_model_args(self, artifact: Path, model: ModelInfo, loaded: LoadedModel) -> dict:
+        from trtsweep.engines.tf import saved_model_args
+
+        assert isinstance(loaded, TFTRTModel)
+        return saved_model_args(loaded._loaded, model)
 
 
 ENGINE = TFTRTEngine
