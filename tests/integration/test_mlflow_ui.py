@@ -1,0 +1,79 @@
+"""A sweep as it reads in the MLflow UI (issue 10): few params, unique names, the best run and the
+parent's description, on a real grid logged to a real MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtsweep.mlflow_view import INTERNAL_METRICS, MAX_PARAMS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def grid(module_sweep):
+    res = module_sweep("-m", "engine=tf,tflite", "precision=fp32,int8", "engine.num_threads=1,2",
+                       "confirm.rounds=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    parents, children = module_sweep.runs("trtsweep/digits_cnn")  # the experiment is named after the model
+    assert len(parents) == 1
+    return parents[0], children, res
+
+
+def test_children_carry_the_key_axes_and_what_varies(grid):
+    _, children, _ = grid
+    assert len(children) == 6  # tf × {fp32, int8 (skipped)}, tflite × {fp32, int8} × num_threads {1, 2}
+    for c in children:
+        p = c.data.params
+        assert len(p) <= MAX_PARAMS
+        assert {"model", "engine", "precision", "batch_size", "threads"} <= set(p), p
+        assert ("engine.num_threads" in p) == (p["engine"] == "tflite"), p
+        assert not INTERNAL_METRICS & set(c.data.metrics)
+    tflite = sorted(c.data.params["engine.num_threads"] for c in children if c.data.params["engine"] == "tflite")
+    assert tflite == ["1", "1", "2", "2"]
+
+
+def test_run_names_are_unique_and_show_a_non_ok_status(grid):
+    _, children, _ = grid
+    names = [c.info.run_name for c in children]
+    assert len(set(names)) == len(names), names
+    for c in children:
+        p = c.data.params
+        assert c.info.run_name.startswith(f"{p['engine']}-{p['precision']}-bs1-t{p['threads']}")
+        if p["engine"] == "tflite":
+            assert f"num_threads={p['engine.num_threads']}" in c.info.run_name
+    (skipped,) = [c for c in children if c.data.tags["status"] == "skipped"]
+    assert skipped.info.run_name.endswith("-SKIPPED") and skipped.info.status == "KILLED"
+    assert all(c.info.status == "FINISHED" for c in children if c.data.tags["status"] == "ok")
+
+
+def test_the_best_child_is_tagged_and_named_on_the_parent(grid):
+    parent, children, _ = grid
+    best = [c for c in children if c.data.tags.get("best") == "true"]
+    assert len(best) == 1 and best[0].data.tags["status"] == "ok"
+    assert parent.data.tags["best_run_id"] == best[0].info.run_id
+    assert parent.data.tags["best_run_name"] == best[0].info.run_name
+
+
+def test_the_parent_carries_axes_host_facts_and_a_description(grid, module_sweep):
+    parent, children, _ = grid
+    assert parent.data.params == {"engine": "tf,tflite", "precision": "fp32,int8", "engine.num_threads": "1,2"}
+    assert parent.data.tags["version.tensorflow"] and parent.data.tags["host.cpu_model"]
+    assert all("version.tensorflow" not in c.data.tags and c.data.tags["host_id"] for c in children)
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"**Winner**: `{parent.data.tags['best_run_name']}`" in note
+    assert "skipped 1, failed 0" in note
+    ranked = [ln for ln in note.splitlines() if ln.startswith("| 1 |")]
+    assert len(ranked) == 1 and parent.data.tags["best_run_name"] in ranked[0] or "tie" in note
+    arts = [a.path for a in module_sweep.client().list_artifacts(parent.info.run_id)]
+    assert "sweep_plot.png" in arts
+
+
+def test_speedup_is_a_child_metric(grid):
+    _, children, _ = grid
+    measured = [c for c in children if c.data.tags["status"] == "ok"]
+    tf = next(c for c in measured if c.data.params["engine"] == "tf")
+    assert tf.data.metrics["speedup_vs_tf_fp32"] == pytest.approx(1.0)
+    for c in measured:
+        expected = c.data.metrics["throughput_ips"] / tf.data.metrics["throughput_ips"]
+        assert c.data.metrics["speedup_vs_tf_fp32"] == pytest.approx(expected)
