@@ -57,7 +57,7 @@ def axis_values(rows: Sequence[Mapping[str, str]], keys: Iterable[str]) -> dict[
     out = {}
     for k in keys:
         vals = sorted({r[k] for r in rows if k in r}, key=lambda v: (len(v), v))
-        out[k] = ",".join(vals)[:6000]
+        out[k] = (" | " if any("," in v for v in vals) else ",").join(vals)[:6000]
     return out
 
 
@@ -98,18 +98,22 @@ def describe(df: Any, best: Any, best_name: str | None, top: int = 10) -> str:
     if best is not None:
         sp = best.get("speedup_vs_tf_fp32")
         lines += [f"**Winner**: `{best_name or best.trial_key}` — {best.throughput_ips:.1f} items/s, p50 "
-                  f"{best.latency_p50_ms:.3f} ms" + (f", {sp:.2f}× TF FP32" if pd.notna(sp) else ""), ""]
+                  f"{best.latency_p50_ms:.3f} ms" + (f", {sp:.2f}× TF FP32" if pd.notna(sp) else "")
+                  + (f"; confirmed {best.confirm_throughput_ips:.1f} items/s by interleaved re-measurement"
+                     if pd.notna(best.get("confirm_throughput_ips")) else ""), ""]
     else:
         lines += ["**No winner**: no trial passed the accuracy check and the constraints", ""]
     measured = df[df.status == TrialStatus.OK] if "throughput_ips" in df else df.iloc[0:0]
     if not measured.empty:
         ranked = measured.sort_values("throughput_ips", ascending=False).head(top)
-        lines += ["| # | run | throughput (items/s) | p50 (ms) | accuracy | speed-up vs TF FP32 |",
+        lines += ["Ranked by the sweep's throughput; ★ the winner.", "",
+                  "| # | run | throughput (items/s) | p50 (ms) | accuracy | speed-up vs TF FP32 |",
                   "|---|---|---|---|---|---|"]
         for i, (_, r) in enumerate(ranked.iterrows(), 1):
             sp = r.get("speedup_vs_tf_fp32")
             acc = r.get("accuracy")
-            lines.append(f"| {i} | {r.get('run_name') or r.trial_key} | {r.throughput_ips:.1f} | "
+            star = " ★" if best is not None and r.trial_key == best.trial_key else ""
+            lines.append(f"| {i} | {r.get('run_name') or r.trial_key}{star} | {r.throughput_ips:.1f} | "
                          f"{r.latency_p50_ms:.3f} | {'' if pd.isna(acc) else f'{acc:.4f}'} | "
                          f"{'' if pd.isna(sp) else f'{sp:.2f}×'} |")
     return "\n".join(lines)
@@ -127,7 +131,7 @@ def publish_sweep(tracker: Any, parent_id: str, df: Any, records: list[dict], sw
     from trtsweep import report
 
     client = tracker.client
-    names = {}
+    names, child_rows = {}, []
     ts = int(time.time() * 1000)
     for _, r in df.iterrows():
         run_id = r.get("mlflow_run_id")
@@ -140,7 +144,9 @@ def publish_sweep(tracker: Any, parent_id: str, df: Any, records: list[dict], sw
     run_ids = [x for x in df.get("mlflow_run_id", pd.Series(dtype=object)).tolist() if x]
     for run_id in run_ids:
         with suppress(Exception):  # a run of another store: no name
-            names[run_id] = client.get_run(run_id).info.run_name
+            run = client.get_run(run_id)
+            names[run_id] = run.info.run_name
+            child_rows.append(dict(run.data.params))
     df["run_name"] = [names.get(x, "") for x in df.get("mlflow_run_id", [""] * len(df))]
     best_rows = report.best_per_model(df)
     best = best_rows.sort_values("throughput_ips").iloc[-1] if not best_rows.empty else None
@@ -156,10 +162,7 @@ def publish_sweep(tracker: Any, parent_id: str, df: Any, records: list[dict], sw
                                                   else None)
     tracker.tag(parent_id, parent_tags)
     existing = client.get_run(parent_id).data.params
-    rows = [{k: str(v) for k, v in r.items()} for r in df[[c for c in df.columns if c in (varying or [])]]
-            .astype(object).where(df.notna(), None).to_dict("records")] if varying else []
-    axes = {k: v for k, v in axis_values([{k: v for k, v in r.items() if v not in ("None", "nan")} for r in rows],
-                                         varying or []).items() if k not in existing}
+    axes = {k: v for k, v in axis_values(child_rows, varying or []).items() if v and k not in existing}
     if axes:
         client.log_batch(parent_id, params=[Param(k, v) for k, v in list(axes.items())[:100]])
     if "throughput_ips" in df and df.throughput_ips.notna().any():

@@ -40,8 +40,8 @@ def test_run_names_are_unique_and_show_a_non_ok_status(grid):
     for c in children:
         p = c.data.params
         assert c.info.run_name.startswith(f"{p['engine']}-{p['precision']}-bs1-t{p['threads']}")
-        if p["engine"] == "tflite":
-            assert f"num_threads={p['engine.num_threads']}" in c.info.run_name
+        if p["engine"] == "tflite":  # engine.num_threads is tflite's core budget: threads follows it
+            assert p["threads"] == p["engine.num_threads"]
     (skipped,) = [c for c in children if c.data.tags["status"] == "skipped"]
     assert skipped.info.run_name.endswith("-SKIPPED") and skipped.info.status == "KILLED"
     assert all(c.info.status == "FINISHED" for c in children if c.data.tags["status"] == "ok")
@@ -57,14 +57,17 @@ def test_the_best_child_is_tagged_and_named_on_the_parent(grid):
 
 def test_the_parent_carries_axes_host_facts_and_a_description(grid, module_sweep):
     parent, children, _ = grid
-    assert parent.data.params == {"engine": "tf,tflite", "precision": "fp32,int8", "engine.num_threads": "1,2"}
+    assert parent.data.params == {"engine": "tf,tflite", "precision": "fp32,int8", "threads": "1,2",
+                                  "engine.num_threads": "1,2", "core_set": "0 | 0,1"}
     assert parent.data.tags["version.tensorflow"] and parent.data.tags["host.cpu_model"]
     assert all("version.tensorflow" not in c.data.tags and c.data.tags["host_id"] for c in children)
     note = parent.data.tags["mlflow.note.content"]
     assert f"**Winner**: `{parent.data.tags['best_run_name']}`" in note
     assert "skipped 1, failed 0" in note
-    ranked = [ln for ln in note.splitlines() if ln.startswith("| 1 |")]
-    assert len(ranked) == 1 and parent.data.tags["best_run_name"] in ranked[0] or "tie" in note
+    rows = [ln.split(" | ") for ln in note.splitlines() if ln[:3] in {f"| {i}" for i in range(1, 10)}]
+    assert len(rows) == 5  # the measured ones, ranked by throughput
+    assert [float(r[2]) for r in rows] == sorted((float(r[2]) for r in rows), reverse=True)
+    assert [r[1] for r in rows if r[1].endswith(" ★")] == [parent.data.tags["best_run_name"] + " ★"]
     arts = [a.path for a in module_sweep.client().list_artifacts(parent.info.run_id)]
     assert "sweep_plot.png" in arts
 
