@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 KEY_PARAMS = ("model", "engine", "precision", "batch_size", "threads")
 MAX_PARAMS = 12
+#: the MLflow 3 UI opens an experiment of this kind in its model-training view (runs, charts), not GenAI
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TAG = (EXPERIMENT_KIND, "custom_model_development")
 #: set by a sweeper for its jobs: the varying parameter names, comma-separated
 ENV_VARYING = "TRTSWEEP_VARYING"
 #: measurement bookkeeping kept in trial_report.json only, so that MLflow's chart view leads with
@@ -171,3 +174,35 @@ def publish_sweep(tracker: Any, parent_id: str, df: Any, records: list[dict], sw
             client.log_artifact(parent_id, str(plot))
         except Exception as e:  # noqa: BLE001 - the plot is a view; the table holds the sweep
             log.warning("could not plot the sweep for MLflow: %s", e)
+
+
+def ui_link(uri: str, experiment_id: str, parent_id: str) -> str:
+    """Where to look at the sweep: the experiment's runs in the MLflow UI (a local store: the command that
+    serves it first)."""
+    path = f"#/experiments/{experiment_id}/runs/{parent_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow: {uri.rstrip('/')}/{path}"
+    return f"MLflow: mlflow ui --backend-store-uri {uri}  → http://127.0.0.1:5000/{path}"
+
+
+def dataset_inputs(spec: Any, metrics: Mapping[str, float]) -> list:
+    """The trial's evaluation data (and calibration data, when it calibrated) as MLflow dataset inputs,
+    each with a digest of what it was drawn from (source, file content, seed, sample count, model)."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from trtsweep.identity import data_fingerprint, digest
+
+    d = spec.data
+    content = data_fingerprint(d.path) if d.path else None
+    source = json.dumps({"uri": str(Path(d.path).expanduser().resolve()) if d.path else f"trtsweep:{d.name}"})
+    out = []
+    for context, n in (("evaluation", d.eval_samples), ("calibration", d.calibration_samples)):
+        if context == "calibration" and not (metrics.get("calibrate_time_s") or 0) > 0:
+            continue
+        ident = {"data": d.name, "content": content, "seed": d.seed, "samples": n, "model": spec.model.name}
+        ds = Dataset(name=f"{d.name}-{context}", digest=digest(ident, 12), source_type="local" if d.path else "code",
+                     source=source, profile=json.dumps({"num_rows": n, "seed": d.seed}))
+        out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
+    return out

@@ -233,6 +233,9 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
             if not df.empty:
                 _publish(ctx, df, records)
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1] + pages, status=status)
+            from trtsweep.mlflow_view import ui_link
+
+            print(ui_link(ctx.tracker.uri, ctx.tracker.experiment_id, ctx.parent_run_id), flush=True)
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.stop_pool()

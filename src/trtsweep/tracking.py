@@ -18,7 +18,14 @@ from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
 from trtsweep.constraints import violations
-from trtsweep.mlflow_view import INTERNAL_METRICS, child_params, run_name
+from trtsweep.mlflow_view import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    INTERNAL_METRICS,
+    child_params,
+    dataset_inputs,
+    run_name,
+)
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
 from trtsweep.run_tags import trial_tags
 
@@ -63,13 +70,15 @@ class Tracker:
 
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND_TAG)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
             db_dir = Path(self.uri.split("///", 1)[1]).parent if self.uri.startswith("sqlite:") else Path.cwd()
             location = (db_dir / "mlartifacts").resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND_TAG]))
         except MlflowException:  # created concurrently by another worker
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -222,6 +231,8 @@ class Tracker:
         for i in range(0, max(len(param_list), len(metrics), 1), 100):
             self.client.log_batch(run_id, metrics=metrics[i:i + 100], params=param_list[i:i + 100],
                                   tags=tag_list if i == 0 else [])
+        if result.status in MEASURED:
+            self.client.log_inputs(run_id, datasets=dataset_inputs(spec, result.metrics))
         self._log_artifacts(run_id, result, spec, resolved_cfg)
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status], end_time=ts)
         return run_id

@@ -80,3 +80,18 @@ def test_speedup_is_a_child_metric(grid):
     for c in measured:
         expected = c.data.metrics["throughput_ips"] / tf.data.metrics["throughput_ips"]
         assert c.data.metrics["speedup_vs_tf_fp32"] == pytest.approx(expected)
+
+
+def test_data_is_logged_as_dataset_inputs_and_the_link_opens_the_sweep(grid):
+    parent, children, res = grid
+    by = {(c.data.params["engine"], c.data.params["precision"], c.data.params["threads"]): c for c in children}
+    int8 = by[("tflite", "int8", "1")].inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in int8}
+    assert set(contexts) == {"evaluation", "calibration"} and all(len(d.digest) == 12 for d in contexts.values())
+    fp32 = by[("tflite", "fp32", "1")].inputs.dataset_inputs
+    assert [i.tags[0].value for i in fp32] == ["evaluation"]
+    assert fp32[0].dataset.digest == contexts["evaluation"].digest  # the same evaluation data
+    assert not by[("tf", "int8", "2")].inputs.dataset_inputs  # skipped: nothing was read
+    link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    assert any(ln.startswith("MLflow: mlflow ui --backend-store-uri sqlite:///") and ln.endswith(link)
+               for ln in res.stdout.splitlines()), res.stdout[-2000:]
