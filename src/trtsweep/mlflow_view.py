@@ -177,9 +177,9 @@ def publish_sweep(tracker: Any, parent_id: str, df: Any, records: list[dict], sw
 
 
 def ui_link(uri: str, experiment_id: str, parent_id: str) -> str:
-    """Where to look at the sweep: the experiment's runs in the MLflow UI (a local store: the command that
-    serves it first)."""
-    path = f"#/experiments/{experiment_id}/runs/{parent_id}"
+    """Where to look at the sweep: its parent run (description, child runs) in the MLflow UI's model-training
+    view (a local store: the command that serves it first)."""
+    path = f"#/experiments/{experiment_id}/runs/{parent_id}?workflowType=machine_learning"  # not the GenAI view
     if uri.startswith(("http://", "https://")):
         return f"MLflow: {uri.rstrip('/')}/{path}"
     return f"MLflow: mlflow ui --backend-store-uri {uri}  → http://127.0.0.1:5000/{path}"

@@ -92,6 +92,6 @@ def test_data_is_logged_as_dataset_inputs_and_the_link_opens_the_sweep(grid):
     assert [i.tags[0].value for i in fp32] == ["evaluation"]
     assert fp32[0].dataset.digest == contexts["evaluation"].digest  # the same evaluation data
     assert not by[("tf", "int8", "2")].inputs.dataset_inputs  # skipped: nothing was read
-    link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
     assert any(ln.startswith("MLflow: mlflow ui --backend-store-uri sqlite:///") and ln.endswith(link)
                for ln in res.stdout.splitlines()), res.stdout[-2000:]
