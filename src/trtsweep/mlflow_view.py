@@ -134,6 +134,9 @@ def publish_sweep(tracker: Any, parent_id: str, df: Any, records: list[dict], sw
     from trtsweep import report
 
     client = tracker.client
+    # this sweep's child of each trial (a cached result also names the runs of earlier sweeps and stores)
+    ours = {r["trial_key"]: (r.get("mlflow_run_ids") or {}).get(parent_id) or "" for r in records}
+    df = df.assign(mlflow_run_id=df.trial_key.map(ours).fillna(""))
     names, child_rows = {}, []
     ts = int(time.time() * 1000)
     for _, r in df.iterrows():

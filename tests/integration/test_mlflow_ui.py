@@ -95,3 +95,16 @@ def test_data_is_logged_as_dataset_inputs_and_the_link_opens_the_sweep(grid):
     link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
     assert any(ln.startswith("MLflow: mlflow ui --backend-store-uri sqlite:///") and ln.endswith(link)
                for ln in res.stdout.splitlines()), res.stdout[-2000:]
+
+
+def test_a_sweep_served_from_the_cache_marks_its_own_children(grid, sweep):
+    """Cached results also name the child runs of the first sweep's store: the best tag, the speed-up and
+    the parent's best run must go to this sweep's children."""
+    res = sweep("-m", "engine=tf,tflite", "precision=fp32", "engine.num_threads=1,2", "confirm.rounds=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (parent,), children = sweep.runs()
+    assert all(c.data.tags["cached"] == "true" for c in children)
+    ids = {c.info.run_id for c in children}
+    assert parent.data.tags["best_run_id"] in ids
+    assert [c.data.tags.get("best") for c in children].count("true") == 1
+    assert all("speedup_vs_tf_fp32" in c.data.metrics for c in children)
