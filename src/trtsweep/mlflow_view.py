@@ -24,6 +24,8 @@ from trtsweep.results import TrialStatus
 log = logging.getLogger(__name__)
 
 KEY_PARAMS = ("model", "engine", "precision", "batch_size", "threads")
+#: kept on every child whatever varies: the bound a nightly judges the run's history with (nightly_verdict)
+JUDGED_PARAMS = ("fidelity.max_accuracy_drop",)
 MAX_PARAMS = 12
 #: the MLflow 3 UI opens an experiment of this kind in its model-training view (runs, charts), not GenAI
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -52,7 +54,8 @@ def varying_keys(rows: Sequence[Mapping[str, str]]) -> list[str]:
     others = sorted({k for g in groups.values() for k, vs in g.items()
                      if len(vs) > 1 and k not in KEY_PARAMS and not k.startswith(_DERIVED)},
                     key=lambda k: (not k.startswith("engine."), k == "core_set", k))
-    return out + others[:MAX_PARAMS - len(KEY_PARAMS)]
+    others = [k for k in others if k not in JUDGED_PARAMS]
+    return out + others[:MAX_PARAMS - len(KEY_PARAMS) - len(JUDGED_PARAMS)]
 
 
 def axis_values(rows: Sequence[Mapping[str, str]], keys: Iterable[str]) -> dict[str, str]:
@@ -66,7 +69,7 @@ def axis_values(rows: Sequence[Mapping[str, str]], keys: Iterable[str]) -> dict[
 
 def child_params(all_params: Mapping[str, str], varying: Sequence[str] | None) -> dict[str, str]:
     """The key axes and the varying parameters of one trial (never more than :data:`MAX_PARAMS`)."""
-    keys = list(KEY_PARAMS) + [k for k in (varying or []) if k not in KEY_PARAMS]
+    keys = list(KEY_PARAMS) + list(JUDGED_PARAMS) + [k for k in (varying or []) if k not in KEY_PARAMS]
     return {k: all_params[k] for k in keys[:MAX_PARAMS] if k in all_params}
 
 
