@@ -79,7 +79,7 @@ class SweepRun:
 
         return MlflowClient(tracking_uri=f"sqlite:///{self.db}")
 
-    def runs(self, experiment: str = "trtsweep/adhoc"):
+    def runs(self, experiment: str = "trtsweep/digits_cnn"):
         c = self.client()
         exp = c.get_experiment_by_name(experiment)
         assert exp is not None, f"no MLflow experiment {experiment}"

@@ -195,7 +195,8 @@ class OptunaSweeperImpl:
         try:
             with sweep_session(plan.configs[0], Path(self.config.hydra.sweep.dir),
                                sweep_key(c.study_name, [], identity), f"optuna: {c.study_name}"[:250], c.n_trials,
-                               plan.batch_sizes, tags=tags, multirun_config=self.config) as session:
+                               plan.batch_sizes, tags=tags, multirun_config=self.config,
+                               varying=[p.name for p in space]) as session:
                 log.info("optuna: study %s in %s, sampler %s, %s %s%s, %d trial(s) here", c.study_name,
                          masked(identity), sampler, " & ".join(directions), c.objective,
                          " & accuracy_drop" if c.multi_objective else "", c.n_trials)

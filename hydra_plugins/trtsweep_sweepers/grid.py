@@ -79,7 +79,8 @@ class TrtsweepGridSweeper(BasicSweeper):
         name = str(base.get("name", "adhoc"))
         with sweep_session(base, Path(self.config.hydra.sweep.dir), sweep_key(name, params_conf),
                            f"{name}: {' '.join(params_conf)}"[:250], len(jobs), plan.batch_sizes,
-                           tags={"sweeper": "grid"}, tracker_future=tracker_future, multirun_config=self.config):
+                           tags={"sweeper": "grid"}, tracker_future=tracker_future, multirun_config=self.config,
+                           varying=sweep_varying(plan)):
             self._planned = True
             return self._launch(jobs)
 
@@ -96,6 +97,14 @@ class TrtsweepGridSweeper(BasicSweeper):
             index += len(batch)
             returns.append(results)
         return returns
+
+
+def sweep_varying(plan: Any) -> List[str]:
+    """The MLflow params that vary among the planned trials (trtsweep.mlflow_view.varying_keys)."""
+    from trtsweep.config import mlflow_params
+    from trtsweep.mlflow_view import varying_keys
+
+    return varying_keys([mlflow_params(spec, cfg) for spec, cfg in zip(plan.specs, plan.configs, strict=True)])
 
 
 def _split(override: str) -> Tuple[str, str]:

@@ -175,7 +175,7 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
     if ctx.tracker is not None and ctx.parent_run_id:
         try:
             if ctx.parent_run_id not in result.mlflow_run_ids or not result.cached:
-                run_id = ctx.tracker.log_trial(ctx.parent_run_id, result, spec, plain)
+                run_id = ctx.tracker.log_trial(ctx.parent_run_id, result, spec, plain, varying=ctx.varying)
                 result.mlflow_run_ids[ctx.parent_run_id] = run_id
                 if result.status != TrialStatus.SKIPPED:
                     runner.save_result(result, spec.cache_dir)

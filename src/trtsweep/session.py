@@ -33,6 +33,7 @@ ENV_TOTAL = "TRTSWEEP_TOTAL"
 ENV_BATCH_SIZES = "TRTSWEEP_BATCH_SIZES"
 ENV_SWEEP_DIR = "TRTSWEEP_SWEEP_DIR"
 ENV_OFFSET = "TRTSWEEP_INDEX_OFFSET"
+ENV_EXPERIMENT = "TRTSWEEP_EXPERIMENT"  # the sweep's MLflow experiment (its jobs may name another model)
 #: MLflow run statuses of the sweep's parent run
 FINISHED, KILLED = "FINISHED", "KILLED"
 
@@ -49,11 +50,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
 @contextmanager
 def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int], *,
                   tags: dict | None = None, tracker_future: Any = None,
-                  multirun_config: Any = None) -> Iterator[SweepContext]:
+                  multirun_config: Any = None, varying: list[str] | None = None) -> Iterator[SweepContext]:
     """Open the sweep (:func:`start_sweep`), run the block (the jobs), close it (:func:`finish_sweep`):
     FINISHED when the block ends, KILLED when it raises (the exception goes on).
 
     ``multirun_config``: the sweeper's config, saved as ``multirun.yaml`` in the sweep directory.
+    ``varying``: the parameters that vary in the sweep (:mod:`trtsweep.mlflow_view`): its children's params.
     Afterwards ``ctx.table`` holds the sweep's results table.
     """
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: in
         from omegaconf import OmegaConf
 
         OmegaConf.save(multirun_config, sweep_dir / "multirun.yaml")
-    ctx = start_sweep(cfg, sweep_dir, key, run_name, total, batch_sizes, tags, tracker_future)
+    ctx = start_sweep(cfg, sweep_dir, key, run_name, total, batch_sizes, tags, tracker_future, varying)
     try:
         yield ctx
     except BaseException:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
@@ -72,10 +74,13 @@ def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: in
 
 def joined_sweep(cfg: dict) -> SweepContext:
     """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`)."""
-    ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None)
+    from trtsweep.mlflow_view import ENV_VARYING, parse_env
+
+    ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None,
+                       varying=parse_env(os.environ.get(ENV_VARYING)))
     if ctx.parent_run_id:
         try:
-            ctx.tracker = _tracker(cfg)
+            ctx.tracker = _tracker(cfg, os.environ.get(ENV_EXPERIMENT))
         except Exception as e:  # noqa: BLE001 - the result is still cached and written to results.csv
             log.error("MLflow unavailable: %s", one_line(e))
     return ctx
@@ -89,16 +94,19 @@ class SweepContext:
     started: float = field(default_factory=time.time)
     cfg: dict = field(default_factory=dict)  # the sweep's base config (confirm.*, tracking.*)
     table: Any = None  # the results table, once the sweep is finished (sweep_session)
+    varying: list[str] | None = None  # the parameters that vary in the sweep (trtsweep.mlflow_view)
 
 
 def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
     return digest([name, sorted(arguments), extra])
 
 
-def _tracker(cfg: dict):
+def _tracker(cfg: dict, experiment: str | None = None):
     tcfg = tracking_config(cfg)
     if not tcfg.enabled:
         return None
+    if experiment:
+        tcfg.experiment = experiment
     from trtsweep.tracking import Tracker
 
     return Tracker(tcfg)
@@ -115,7 +123,8 @@ def tracker_in_background(cfg: dict):
 
 
 def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
-                tags: dict | None = None, tracker_future: Any = None) -> SweepContext:
+                tags: dict | None = None, tracker_future: Any = None,
+                varying: list[str] | None = None) -> SweepContext:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker = None
     parent = None
@@ -137,11 +146,18 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
     if parent:
         os.environ[ENV_PARENT] = parent
+        os.environ[ENV_EXPERIMENT] = tracker.cfg.experiment
     else:
         os.environ.pop(ENV_PARENT, None)
+    from trtsweep.mlflow_view import ENV_VARYING
+
+    if varying is not None:
+        os.environ[ENV_VARYING] = ",".join(varying)
+    else:
+        os.environ.pop(ENV_VARYING, None)
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
              f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
-    return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg))
+    return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg), varying=varying)
 
 
 def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
@@ -215,13 +231,30 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
                 except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
                     log.error("could not log the confirmation to MLflow: %s", one_line(e))
                 _register_winners(ctx, verdicts, records)
+            if not df.empty:
+                _publish(ctx, df, records)
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1] + pages, status=status)
+            from trtsweep.mlflow_view import ui_link
+
+            print(ui_link(ctx.tracker.uri, ctx.tracker.experiment_id, ctx.parent_run_id), flush=True)
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.stop_pool()
-    for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):
+    for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET, ENV_EXPERIMENT,
+                "TRTSWEEP_VARYING"):
         os.environ.pop(var, None)
     return df
+
+
+def _publish(ctx: SweepContext, df: Any, records: list[dict]) -> None:
+    """The sweep for the MLflow UI (trtsweep.mlflow_view): the parent's axes, description, best run."""
+    from trtsweep.mlflow_view import publish_sweep
+
+    try:
+        publish_sweep(ctx.tracker, ctx.parent_run_id, df, records, ctx.sweep_dir, ctx.varying)
+    except Exception as e:  # a view of the sweep; results.csv holds it
+        log.error("could not describe the sweep in MLflow: %s", one_line(e))
+        log.debug("MLflow view error", exc_info=True)
 
 
 def write_html_report(sweep_dir: Path) -> list[Path]:

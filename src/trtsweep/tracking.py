@@ -18,6 +18,14 @@ from typing import Any
 
 from trtsweep.config import TrackingConfig, TrialSpec, mlflow_params
 from trtsweep.constraints import violations
+from trtsweep.mlflow_view import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    INTERNAL_METRICS,
+    child_params,
+    dataset_inputs,
+    run_name,
+)
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
 from trtsweep.run_tags import trial_tags
 
@@ -27,7 +35,7 @@ PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
 MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
-                 TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "FINISHED", TrialStatus.FAILED: "FAILED",
+                 TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "KILLED", TrialStatus.FAILED: "FAILED",
                  TrialStatus.PRUNED: "KILLED"}  # stopped by the search after a measurement step
 
 
@@ -62,13 +70,15 @@ class Tracker:
 
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND_TAG)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
             db_dir = Path(self.uri.split("///", 1)[1]).parent if self.uri.startswith("sqlite:") else Path.cwd()
             location = (db_dir / "mlartifacts").resolve().as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND_TAG]))
         except MlflowException:  # created concurrently by another worker
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -160,8 +170,12 @@ class Tracker:
             self.client.log_artifact(parent_id, str(best_yaml))
 
     # ---- child ----
-    def log_trial(self, parent_id: str, result: TrialResult, spec: TrialSpec, resolved_cfg: dict | None = None) -> str:
-        """Create (or update, if this trial already has a run under this parent) the trial's child run."""
+    def log_trial(self, parent_id: str, result: TrialResult, spec: TrialSpec, resolved_cfg: dict | None = None,
+                  varying: list[str] | None = None) -> str:
+        """Create (or update, if this trial already has a run under this parent) the trial's child run.
+
+        ``varying``: the sweep's varying parameter names (:mod:`trtsweep.mlflow_view`): the params are the
+        key axes and those, and the run's name is made of them and a non-ok status."""
         from mlflow.entities import Metric, Param, RunTag
 
         run_id = result.mlflow_run_ids.get(parent_id)
@@ -176,14 +190,17 @@ class Tracker:
                                f"'{parent_id}'")
             if found:
                 run_id, existing = found[0].info.run_id, found[0].data
+        all_params = mlflow_params(spec, resolved_cfg)
+        name = run_name(all_params, varying, str(result.status))
         if not run_id:
-            run_id, existing_params = self._create_child(parent_id, result, spec)
+            run_id, existing_params = self._create_child(parent_id, result, spec, name)
         else:
             existing_params = existing.params
             self.client.update_run(run_id, status="RUNNING")
         ts = int((result.ended_at or time.time()) * 1000)
-        params = {k: v for k, v in mlflow_params(spec, resolved_cfg).items() if k not in existing_params}
-        tags = {"status": str(result.status), "cached": str(result.cached).lower(), **(result.host or {})}
+        params = {k: v for k, v in child_params(all_params, varying).items() if k not in existing_params}
+        # host and library facts go on the parent once (mlflow_view.publish_sweep); a child keeps host_id
+        tags = {"status": str(result.status), "cached": str(result.cached).lower(), "mlflow.runName": name}
         if result.cached:
             tags["cached_measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.started_at))
         if result.unstable:
@@ -192,6 +209,10 @@ class Tracker:
             from trtsweep.identity import digest
 
             tags["host_id"] = digest(spec.host, 12)
+        elif result.host:
+            from trtsweep.identity import digest
+
+            tags["host_id"] = digest({k: v for k, v in result.host.items() if k.startswith("host.")}, 12)
         if result.reason:
             tags["reason"] = result.reason
         # history tags (trtsweep nightly / baseline): tracking.tags, and the config, machine and model revision
@@ -204,20 +225,23 @@ class Tracker:
         judged_at = int(time.time() * 1000)  # a verdict is newer than the measurement: it is the latest value
         metrics = [Metric(k, float(v), judged_at if k in violation else ts, 0)
                    for k, v in {**result.metrics, **violation}.items()
-                   if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+                   if k not in INTERNAL_METRICS and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
         param_list = [Param(k, v) for k, v in params.items()]
         tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, max(len(param_list), len(metrics), 1), 100):
             self.client.log_batch(run_id, metrics=metrics[i:i + 100], params=param_list[i:i + 100],
                                   tags=tag_list if i == 0 else [])
+        if result.status in MEASURED:
+            self.client.log_inputs(run_id, datasets=dataset_inputs(spec, result.metrics))
         self._log_artifacts(run_id, result, spec, resolved_cfg)
         self.client.set_terminated(run_id, status=MLFLOW_STATUS[result.status], end_time=ts)
         return run_id
 
-    def _create_child(self, parent_id: str, result: TrialResult, spec: TrialSpec) -> tuple[str, dict[str, str]]:
+    def _create_child(self, parent_id: str, result: TrialResult, spec: TrialSpec,
+                      name: str | None = None) -> tuple[str, dict[str, str]]:
         """Create the trial's child run.  Workers that measured the same configuration at the same moment
         (several sweeps on one study) converge on the oldest child, as parents do; the others are deleted."""
-        run = self.client.create_run(self.experiment_id, run_name=_run_name(spec),
+        run = self.client.create_run(self.experiment_id, run_name=name or _run_name(spec),
                                      start_time=int(result.started_at * 1000),
                                      tags={"mlflow.parentRunId": parent_id, TRIAL_TAG: result.trial_key,
                                            ROLE_TAG: "trial"})

@@ -99,7 +99,7 @@ def test_failed_and_skipped_trials_are_listed_with_their_reasons(done):
 def test_the_report_of_the_mlflow_experiment_has_the_same_table(done, tmp_path):
     from trtsweep.cli import main
 
-    assert main(["report", "trtsweep/adhoc", "--out", str(tmp_path), "--no-log",
+    assert main(["report", "trtsweep/digits_cnn", "--out", str(tmp_path), "--no-log",
                  "--tracking-uri", f"sqlite:///{done.run.db}"]) == 0
     from_mlflow = trials_table((tmp_path / "report.html").read_text())
     pd.testing.assert_frame_equal(from_mlflow.sort_index(), trials_table(done.html).sort_index())

@@ -25,6 +25,8 @@ def test_tflite_precision_sweep_logs_parent_and_children(sweep):
     parents, children = sweep.runs()
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3
+    assert parents[0].data.tags["host.cpu_flags"] and parents[0].data.tags["version.tensorflow"]
+    assert parents[0].data.params == {"precision": "fp16,fp32,int8"}
     pid = parents[0].info.run_id
     by_precision = {}
     for c in children:
@@ -34,8 +36,9 @@ def test_tflite_precision_sweep_logs_parent_and_children(sweep):
         assert not missing, f"child {c.data.params['precision']} lacks {missing}"
         p = c.data.params
         assert p["model"] == "digits_cnn" and p["engine"] == "tflite" and p["batch_size"] == "1"
-        assert p["engine.num_threads"] == "1"
-        assert c.data.tags["host.cpu_flags"] and c.data.tags["version.tensorflow"]
+        assert "engine.num_threads" not in p  # fixed in this sweep: in config.yaml, not a column
+        assert c.data.tags["host_id"] and "version.tensorflow" not in c.data.tags  # host facts: on the parent
+        assert c.info.run_name == f"tflite-{p['precision']}-bs1-t{p['threads']}"
         by_precision[p["precision"]] = c.data.metrics
     assert set(by_precision) == {"fp32", "fp16", "int8"}
     assert by_precision["fp32"]["accuracy"] > 0.9  # a really trained model on real held-out digits
@@ -161,9 +164,20 @@ def test_tftrt_trials_are_skipped_here_and_the_rest_runs(sweep):
     skipped = by_engine["tftrt"]
     assert skipped.data.tags["status"] == "skipped" and "TensorRT" in skipped.data.tags["reason"]
     assert "NGC" in skipped.data.tags["reason"]  # says what to use instead
-    assert skipped.data.params["engine.minimum_segment_size"] == "3"  # its parameters are still logged
+    config = skipped_config(sweep, skipped.info.run_id)
+    assert config["engine"]["minimum_segment_size"] == 3  # its parameters are still logged (config.yaml)
+    assert skipped.info.run_name.endswith("-SKIPPED") and skipped.info.status == "KILLED"
     assert by_engine["tflite"].data.tags["status"] == "ok"
     assert by_engine["tflite"].data.metrics["throughput_ips"] > 0
+
+
+def skipped_config(sweep, run_id: str) -> dict:
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    path = download_artifacts(run_id=run_id, artifact_path="config.yaml", tracking_uri=f"sqlite:///{sweep.db}")
+    with open(path) as f:
+        return yaml.safe_load(f)
 
 
 def test_converted_model_is_logged_as_an_mlflow_model(sweep):
