@@ -28,7 +28,7 @@ from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import OBJECTIVES, Outcome, objective_names, tell, trial_outcome
 from ._prune import ConfidenceBoundPruner
-from ._report import best_and_front, best_feasible, summary_lines, write_report
+from ._report import best_and_front, best_feasible, confirmed_lines, summary_lines, write_report
 from ._search import Search, SearchSettings, Steps
 from ._space import (
     SearchParam,
@@ -386,16 +386,3 @@ class OptunaSweeperImpl:
         except Exception as e:  # noqa: BLE001 - the study is safe in its storage
             log.error("could not log the study to MLflow: %s", one_line(e))
 
-
-def confirmed_lines(df: Any) -> List[str]:
-    """The study's final answer: the winner of the interleaved re-measurement of the close candidates
-    this process ran (trtsweep.confirm), which may differ from Optuna's best single measurement."""
-    if df is None or getattr(df, "empty", True) or "best" not in df:
-        return []
-    lines = []
-    for _, r in df[df["best"].fillna(False).astype(bool)].iterrows():
-        tie = " (a statistical tie: the cheapest of the tied)" if r.get("tie") else ""
-        lines.append(f"optuna final answer (confirmed by interleaved re-measurement){tie}: {r.model} bs={r.batch_size} "
-                     f"engine={r.engine} precision={r.precision} threads={r.threads} — "
-                     f"{r.confirm_throughput_ips:.1f} items/s (95% CI {r.confirm_ci_low:.1f}–{r.confirm_ci_high:.1f})")
-    return lines

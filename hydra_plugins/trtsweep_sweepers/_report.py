@@ -174,3 +174,17 @@ def write_report(study: optuna.Study, sweep_dir: Path) -> Tuple[List[Path], Dict
         except Exception as e:  # noqa: BLE001 - a plot is not worth failing the sweep
             log.error("could not plot %s: %s", name, one_line(e))
     return files, imps
+
+
+def confirmed_lines(df: Any) -> List[str]:
+    """The study's final answer: the winner of the interleaved re-measurement of the close candidates
+    this process ran (trtsweep.confirm), which may differ from Optuna's best single measurement."""
+    if df is None or getattr(df, "empty", True) or "best" not in df:
+        return []
+    lines = []
+    for _, r in df[df["best"].fillna(False).astype(bool)].iterrows():
+        tie = " (a statistical tie: the cheapest of the tied)" if r.get("tie") else ""
+        lines.append(f"optuna final answer (confirmed by interleaved re-measurement){tie}: {r.model} bs={r.batch_size} "
+                     f"engine={r.engine} precision={r.precision} threads={r.threads} — "
+                     f"{r.confirm_throughput_ips:.1f} items/s (95% CI {r.confirm_ci_low:.1f}–{r.confirm_ci_high:.1f})")
+    return lines
