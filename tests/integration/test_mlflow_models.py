@@ -150,7 +150,7 @@ def test_a_model_with_two_inputs_takes_a_dict_of_arrays(sweep, tracking_uri, tmp
                 "tracking.log_models=true", "confirm.enabled=false")
     assert res.returncode == 0, res.stderr[-3000:]
     client = sweep.client()
-    _, children = sweep.runs()
+    _, children = sweep.runs("trtsweep/saved_model")  # the experiment is named after the model
     assert len(children) == 2
     for child in children:
         logged = mlflow.pyfunc.load_model(f"models:/{_model_id(client, child)}")
