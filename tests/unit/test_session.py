@@ -12,6 +12,11 @@ from trtsweep import session
 
 class FakeTracker:
     uri = "fake://"
+    experiment_id = "0"
+
+    from trtsweep.config import TrackingConfig
+
+    cfg = TrackingConfig(experiment="trtsweep/fake", log_models=False, register_best=False)
 
     def __init__(self) -> None:
         self.finished: list[str] = []
