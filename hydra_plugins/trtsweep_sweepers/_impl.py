@@ -22,6 +22,7 @@ from trtsweep.app import job_config, plan_sweep
 from trtsweep.config import plan_trial
 from trtsweep.constraints import verdict
 from trtsweep.errors import ConfigError, one_line
+from trtsweep.redact import mask_config
 from trtsweep.results import JobResult, TrialStatus
 from trtsweep.session import ENV_OFFSET, SweepContext, fail, sweep_key, sweep_session
 from trtsweep.tracking import absolute_sqlite_uri
@@ -323,7 +324,7 @@ class OptunaSweeperImpl:
         """Run the trial's values as a Hydra job through the task function."""
         c = self.conf
         overrides = overrides_for(self._space, values, fixed)
-        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("overrides", mask_config(overrides))  # stored in the study: no credentials
         os.environ[ENV_OFFSET] = str(self._ran - trial.number)  # progress shows [measured here/n_trials]
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]

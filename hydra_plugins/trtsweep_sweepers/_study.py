@@ -11,7 +11,6 @@ import contextlib
 import datetime
 import inspect
 import logging
-import re
 import threading
 import time
 import warnings
@@ -25,9 +24,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 
 from trtsweep.errors import one_line
+from trtsweep.redact import mask_url
 from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import native_constraints, trial_constraints
@@ -120,10 +119,8 @@ def make_sampler(sampler: Any, seed: Optional[int], n_startup_trials: Optional[i
 
 
 def masked(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: show no credentials at all
-        return re.sub(r"//[^@/]*@", "//***@", url)
+    """The storage URL without its password (``user:***@``, ``?password=***``): :func:`trtsweep.redact.mask_url`."""
+    return mask_url(url)
 
 
 JOURNAL = "journal:"

@@ -21,6 +21,7 @@ from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec, plan_trial
 from trtsweep.constraints import plan_notes
 from trtsweep.errors import ConfigError, one_line
+from trtsweep.redact import mask_config
 from trtsweep.results import MEASURED, JobResult, TrialResult, TrialStatus
 from trtsweep.session import (
     ENV_BATCH_SIZES,
@@ -183,7 +184,7 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
             log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
             log.debug("MLflow error", exc_info=True)
     atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json",
-                      {**result.to_dict(), "overrides": list(hc.overrides.task)})
+                      {**result.to_dict(), "overrides": mask_config(list(hc.overrides.task))})
     log.info(_progress_line(index, total, spec, result))
     return JobResult.of(result, ctx.parent_run_id)
 

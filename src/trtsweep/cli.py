@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtsweep.errors import TrtsweepError, one_line
+from trtsweep.redact import mask_text, mask_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -153,7 +154,7 @@ def baseline_cmd(a: argparse.Namespace) -> int:
     baseline.connect(uri)
     if a.action == "ls":
         runs = baseline.pinned_runs(None if a.all_machines else machine_id())
-        print(f"{len(runs)} pinned baseline(s) at {uri}" + ("" if a.all_machines else f" for this machine "
+        print(f"{len(runs)} pinned baseline(s) at {mask_url(uri)}" + ("" if a.all_machines else f" for this machine "
                                                               f"({machine_id()})") + (":" if runs else ""))
         for r in runs:
             print("  " + baseline.describe(r))
@@ -162,7 +163,7 @@ def baseline_cmd(a: argparse.Namespace) -> int:
         raise ValueError(f"baseline {a.action} needs a run id or a sweep directory; fix: trtsweep baseline "
                          f"{a.action} <run-id | outputs/multirun/<date>/<time>>")
     done = (baseline.pin if a.action == "pin" else baseline.unpin)(a.target)
-    print(f"{a.action}ned {len(done.runs)} configuration(s) at {uri}:")
+    print(f"{a.action}ned {len(done.runs)} configuration(s) at {mask_url(uri)}:")
     for r in done.runs:
         print("  " + baseline.describe(r))
     for r in done.replaced:
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.fn(a)
     except (OSError, ValueError, KeyError, TrtsweepError) as e:
-        print(f"trtsweep: error: {e}", file=sys.stderr)
+        print(f"trtsweep: error: {mask_text(str(e))}", file=sys.stderr)  # no URL's password
         return 2
     except Exception as e:  # never exit 1 (a regression, to nightly and compare) for a crash
         if a.cmd not in ("nightly", "compare", "baseline"):
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.getLogger("trtsweep").debug("error", exc_info=True)
-        print(f"trtsweep: error: {one_line(e)}", file=sys.stderr)
+        print(f"trtsweep: error: {mask_text(one_line(e))}", file=sys.stderr)
         return 2
 
 

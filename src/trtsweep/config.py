@@ -18,6 +18,7 @@ from trtsweep.constraints import ConstraintsConfig
 from trtsweep.engines.base import PRECISIONS, get_engine, make_params
 from trtsweep.errors import ConfigError
 from trtsweep.identity import data_fingerprint, digest, host_identity, library_versions, model_fingerprint
+from trtsweep.safe_names import safe_component
 from trtsweep.validation import positive, typed
 
 MODEL_SOURCES = ("digits_cnn", "keras", "saved_model", "unsupported_op")
@@ -43,6 +44,7 @@ class ModelConfig:
     classifier_activation: str | None = "softmax"  # keras applications: null = logits
 
     def validate(self) -> None:
+        safe_component(self.name, "model.name")  # part of cache file names: no '/', '..', NUL
         if self.source not in MODEL_SOURCES:
             raise ConfigError(f"model.source={self.source} is unknown; fix: use one of {', '.join(MODEL_SOURCES)}")
         if self.source == "saved_model":
@@ -209,8 +211,7 @@ class TrialSpec:
             sweep_batch_sizes=list(d.get("sweep_batch_sizes") or []),
             threads=int(d.get("threads", 1)), core_set=list(d.get("core_set") or []),
             model_fingerprint=d.get("model_fingerprint", ""), versions=dict(d.get("versions") or {}),
-            data_fingerprint=d.get("data_fingerprint", ""),
-            host=dict(d.get("host") or {}),
+            data_fingerprint=d.get("data_fingerprint", ""), host=dict(d.get("host") or {}),
             constraints=_known(ConstraintsConfig, d.get("constraints") or {}),
         )
 

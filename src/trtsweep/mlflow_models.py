@@ -26,6 +26,7 @@ import numpy as np
 
 from trtsweep.atomic import build_once
 from trtsweep.errors import TrtsweepError
+from trtsweep.safe_names import inside
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ EXAMPLE_BYTES = 1 << 20
 
 
 def package_dir(spec: Any) -> Path:
-    return Path(spec.cache_dir) / "artifacts" / spec.engine / spec.conversion_key() / "mlflow" / spec.trial_key()
+    return inside(Path(spec.cache_dir) / "artifacts", spec.engine, spec.conversion_key(), "mlflow", spec.trial_key())
 
 
 def package(spec: Any, engine: Any, model: Any, ds: Any, artifact: Path, loaded: Any) -> Path:

@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from trtsweep.redact import mask_url
 from trtsweep.results import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -186,9 +187,10 @@ def ui_link(uri: str, experiment_id: str, parent_id: str) -> str:
     """Where to look at the sweep: its parent run (description, child runs) in the MLflow UI's model-training
     view (a local store: the command that serves it first)."""
     path = f"#/experiments/{experiment_id}/runs/{parent_id}?workflowType=machine_learning"  # not the GenAI view
+    uri = mask_url(uri)
     if uri.startswith(("http://", "https://")):
         return f"MLflow: {uri.rstrip('/')}/{path}"
-    return f"MLflow: mlflow ui --backend-store-uri {uri}  → http://127.0.0.1:5000/{path}"
+    return f"MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1  → http://127.0.0.1:5000/{path}"
 
 
 def dataset_inputs(spec: Any, metrics: Mapping[str, float]) -> list:

@@ -17,6 +17,7 @@ from trtsweep.config import DataConfig, ModelConfig, model_identity
 from trtsweep.data import digits_split, load
 from trtsweep.errors import ModelError, one_line
 from trtsweep.identity import digest, model_fingerprint
+from trtsweep.safe_names import inside
 from trtsweep.types import ModelInfo, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
 
 
 def _build_cached(cfg: ModelConfig, cache_dir: Path) -> Path:
-    target = cache_dir / "models" / f"{cfg.name}-{digest(model_identity(cfg), 12)}"
+    target = inside(cache_dir / "models", f"{cfg.name}-{digest(model_identity(cfg), 12)}", what="model.name")
     with build_once(target, lambda t: (t / "saved_model.pb").exists()) as work:
         if work is not None:
             builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,

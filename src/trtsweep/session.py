@@ -24,6 +24,7 @@ from trtsweep.atomic import atomic_write_json, atomic_write_text
 from trtsweep.config import confirm_config, tracking_config
 from trtsweep.errors import one_line
 from trtsweep.identity import digest
+from trtsweep.redact import mask_logs, mask_text, mask_url
 
 log = logging.getLogger("trtsweep")
 
@@ -42,7 +43,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """One clear line for the user, then exit (the traceback, if any, is in the log); a trial worker
     started for the sweep is stopped first."""
     runner.stop_pool()
-    print(f"trtsweep: error: {message}", file=sys.stderr, flush=True)
+    print(f"trtsweep: error: {mask_text(message)}", file=sys.stderr, flush=True)  # no URL's password
     log.debug("error detail", exc_info=True)
     sys.exit(code)
 
@@ -126,6 +127,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
                 tags: dict | None = None, tracker_future: Any = None,
                 varying: list[str] | None = None) -> SweepContext:
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    mask_logs()  # Hydra's console and sweep.log: no URL's password (its launcher logs each job's overrides)
     tracker = None
     parent = None
     try:
@@ -156,7 +158,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     else:
         os.environ.pop(ENV_VARYING, None)
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
-             f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
+             f", MLflow parent run {parent} at {mask_url(tracker.uri)}" if parent else "")
     return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg), varying=varying)
 
 

@@ -26,6 +26,7 @@ from trtsweep.mlflow_view import (
     dataset_inputs,
     run_name,
 )
+from trtsweep.redact import mask_config
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
 from trtsweep.run_tags import trial_tags
 
@@ -190,6 +191,7 @@ class Tracker:
                                f"'{parent_id}'")
             if found:
                 run_id, existing = found[0].info.run_id, found[0].data
+        resolved_cfg = mask_config(resolved_cfg)  # no credentials in params or the config.yaml artifact
         all_params = mlflow_params(spec, resolved_cfg)
         name = run_name(all_params, varying, str(result.status))
         if not run_id:

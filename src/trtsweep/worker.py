@@ -23,6 +23,7 @@ from trtsweep.atomic import atomic_save_npy, atomic_write_json, build_once
 from trtsweep.cache import size_mb
 from trtsweep.faults import inject, slowed
 from trtsweep.identity import digest
+from trtsweep.safe_names import inside
 
 log = logging.getLogger("trtsweep.worker")
 
@@ -100,7 +101,7 @@ def _reference(spec, model, ds) -> np.ndarray:
                 spec.versions.get("tensorflow")])  # the reference is TF's own output: its version matters
     if k in _refs:
         return _refs[k]
-    path = Path(spec.cache_dir) / "reference" / f"{model.name}-{k}.npy"
+    path = inside(Path(spec.cache_dir) / "reference", f"{model.name}-{k}.npy", what="model.name")
     if path.exists():
         _refs[k] = np.load(path)
         return _refs[k]
