@@ -4,7 +4,7 @@ A tracking URI or an Optuna storage URL may carry a password: ``postgresql://use
 ``https://user:token@mlflow.example``, or a query parameter (``?password=...``, ``&token=...``).
 :func:`mask_url` shows such a URL as ``postgresql://user:***@host/db``; :func:`mask_text` does the same
 for every URL inside a longer text (a log line, an override list); :func:`mask_config` for every string
-of a config (the ``config.yaml`` artifact, MLflow params); :class:`MaskingFilter` for log records.
+of a config (the ``config.yaml`` artifact, MLflow params); :func:`mask_logs` for every log record.
 Masking never changes a text without credentials, so it is safe to apply to any value.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MASK = "***"
@@ -56,26 +56,31 @@ def mask_config(value: Any) -> Any:
     return mask_url(value)
 
 
-class MaskingFilter(logging.Filter):
-    """A handler filter: the record's message with :func:`mask_text` applied (formatted once, here)."""
+class _MaskingFactory:
+    """A log record factory: the factory it wraps, then the record's message with :func:`mask_text` applied
+    (formatted once, here).  Installed process-wide, so it outlives Hydra's ``logging.config.dictConfig``
+    calls, which replace every handler (and their filters) for each job it launches."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self, inner: Callable[..., logging.LogRecord]):
+        self.inner = inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.inner(*args, **kwargs)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is logging's own problem; let it report it
-            return True
+            return record
         masked = mask_text(message)
         if masked != message:
             record.msg, record.args = masked, None
-        return True
+        return record
 
 
-def mask_logs(logger: logging.Logger | None = None) -> None:
-    """Add a :class:`MaskingFilter` to every handler of ``logger`` (the root logger: Hydra's console and
-    log file), once.  Records of every logger that reaches those handlers are masked."""
-    for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
-            handler.addFilter(MaskingFilter())
+def mask_logs() -> None:
+    """From now on, every log record of this process has its URLs' passwords masked (once installed)."""
+    current = logging.getLogRecordFactory()
+    if not isinstance(current, _MaskingFactory):
+        logging.setLogRecordFactory(_MaskingFactory(current))
 
 
-__all__ = ["MASK", "MaskingFilter", "is_secret_key", "mask_config", "mask_logs", "mask_text", "mask_url"]
+__all__ = ["MASK", "is_secret_key", "mask_config", "mask_logs", "mask_text", "mask_url"]

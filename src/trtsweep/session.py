@@ -127,7 +127,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
                 tags: dict | None = None, tracker_future: Any = None,
                 varying: list[str] | None = None) -> SweepContext:
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    mask_logs()  # Hydra's console and sweep.log: no URL's password (its launcher logs each job's overrides)
+    mask_logs()  # every log record (console, sweep.log): no URL's password (Hydra logs each job's overrides)
     tracker = None
     parent = None
     try:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import ast
 import io
-import logging
 import re
 from pathlib import Path
 
 import pytest
 
 from trtsweep.errors import ConfigError
-from trtsweep.redact import MaskingFilter, mask_config, mask_logs, mask_text, mask_url
+from trtsweep.redact import mask_config, mask_logs, mask_text, mask_url
 from trtsweep.safe_names import inside, safe_component
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,21 +155,26 @@ def test_mask_config_masks_nested_urls_and_secret_named_keys():
     assert "s3cret" in repr(cfg), "the caller's config must stay as it was (it is still used to connect)"
 
 
-def test_masking_filter_masks_log_records_of_every_logger():
+def test_log_records_are_masked_even_after_logging_is_configured_again():
+    """Hydra configures logging again (dictConfig: new handlers) for each job it launches."""
+    import logging.config
+
+    before = logging.getLogRecordFactory()
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    root = logging.getLogger("trtsweep_test_root")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
     try:
-        mask_logs(root)
-        mask_logs(root)  # once per handler
-        assert sum(isinstance(f, MaskingFilter) for f in handler.filters) == 1
-        child = logging.getLogger("trtsweep_test_root.hydra")
-        child.info("study in %s", "postgresql://u:s3cret@h/db")
-        child.info("plain %d", 3)
+        mask_logs()
+        mask_logs()  # once
+        assert logging.getLogRecordFactory() is not before and \
+            logging.getLogRecordFactory().inner is before  # type: ignore[attr-defined]
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+                                   "handlers": {"s": {"class": "logging.StreamHandler", "stream": stream}},
+                                   "loggers": {"trtsweep_test_masking": {"handlers": ["s"], "level": "INFO"}}})
+        log = logging.getLogger("trtsweep_test_masking.hydra")
+        log.info("study in %s", "postgresql://u:s3cret@h/db")
+        log.info("plain %d", 3)
     finally:
-        root.removeHandler(handler)
+        logging.setLogRecordFactory(before)
+        logging.getLogger("trtsweep_test_masking").handlers.clear()
     assert stream.getvalue() == "study in postgresql://u:***@h/db\nplain 3\n"
 
 
