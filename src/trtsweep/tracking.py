@@ -26,7 +26,7 @@ from trtsweep.mlflow_view import (
     dataset_inputs,
     run_name,
 )
-from trtsweep.redact import mask_config
+from trtsweep.redact import mask_config, mask_text
 from trtsweep.results import MEASURED, TrialResult, TrialStatus
 from trtsweep.run_tags import trial_tags
 
@@ -95,7 +95,7 @@ class Tracker:
             if found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
+        run = self.client.create_run(self.experiment_id, run_name=mask_text(run_name),  # it may hold the overrides
                                      tags={PARENT_TAG: sweep_key, ROLE_TAG: "parent", **self.cfg.tags, **(tags or {})})
         found = self._find(f"tags.`{PARENT_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'parent'")
         winner = found[0].info.run_id if found else run.info.run_id

@@ -221,3 +221,19 @@ def test_the_security_page_covers_shell_paths_masking_auth_and_untrusted_models(
     for needle in ("shell", "../", "***", "basic-auth", "reverse proxy", "untrusted", "tf.saved_model.load",
                    "safe_mode", "127.0.0.1"):
         assert needle in text, needle
+
+
+@pytest.mark.slow  # MLflow creates its SQLite schema (10-20 s here)
+def test_a_parent_run_named_after_the_overrides_gets_no_password(tmp_path):
+    """The grid's parent run is named after its overrides (a trial's params and config.yaml artifact:
+    tests/integration/test_security_sweep.py)."""
+    from mlflow.tracking import MlflowClient
+
+    from trtsweep.config import TrackingConfig
+    from trtsweep.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker(TrackingConfig(uri=uri, experiment="sec", log_models=False))
+    parent = tracker.parent_run("key", "sec: engine=tflite tracking.uri='postgresql://u:s3cret@h/db'")
+    run = MlflowClient(tracking_uri=uri).get_run(parent)
+    assert run.info.run_name == "sec: engine=tflite tracking.uri='postgresql://u:***@h/db'"
