@@ -15,6 +15,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from trtsweep.redact import mask_logs
+
+mask_logs()  # every log record of a sweep, from its first, with URLs' passwords masked (docs/security.md)
+
 # config.yaml and the groups (presets in sweep/).  Given to Hydra as a directory, not as the module
 # ``trtsweep.conf``: Hydra's pkg:// source would need an __init__.py in every config dir.
 CONF_DIR = Path(__file__).resolve().parent / "conf"

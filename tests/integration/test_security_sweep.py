@@ -32,6 +32,19 @@ def _db_rows_with(db: Path, needle: str) -> list[str]:
         con.close()
 
 
+def _files(tmp: Path, cache: Path) -> tuple[list[Path], list[Path]]:
+    """(every file the sweep wrote outside its cache and databases, those of them that are not Hydra's records)"""
+    files = [p for p in tmp.rglob("*") if p.is_file() and p.suffix != ".db" and cache not in p.parents]
+    return files, [p for p in files if not any(part in HYDRA_RECORDS for part in p.relative_to(tmp).parts)]
+
+
+def _leaks(out: str, tmp: Path, scanned: list[Path], secrets: tuple[str, ...]) -> list[str]:
+    """Where any of ``secrets`` shows up: the console, the scanned files, the databases in ``tmp``."""
+    leaks = [f"console: {ln[:200]}" for ln in out.splitlines() if any(s in ln for s in secrets)]
+    leaks += [f"file: {p.relative_to(tmp)}" for p in scanned if any(s.encode() in p.read_bytes() for s in secrets)]
+    return leaks + [f"{db.name}: {row}" for db in tmp.glob("*.db") for s in secrets for row in _db_rows_with(db, s)]
+
+
 @pytest.mark.slow
 def test_a_password_in_the_tracking_and_storage_urls_is_masked_everywhere(sweep, seeded_cache):
     tmp, sweep.cache = sweep.cwd, seeded_cache  # a fresh result cache: every trial measured here
@@ -45,15 +58,8 @@ def test_a_password_in_the_tracking_and_storage_urls_is_masked_everywhere(sweep,
     assert res.returncode == 0, out[-3000:]
     assert "password=***" in out, "the masked URL should still be shown (where MLflow and the study are)"
 
-    leaks = [f"console: {ln[:200]}" for ln in out.splitlines() if TRACK_SECRET in ln or STORE_SECRET in ln]
-    files = [p for p in tmp.rglob("*") if p.is_file() and p.suffix != ".db" and seeded_cache not in p.parents]
-    scanned = [p for p in files if not any(part in HYDRA_RECORDS for part in p.relative_to(tmp).parts)]
-    for p in scanned:
-        text = p.read_bytes()
-        if TRACK_SECRET.encode() in text or STORE_SECRET.encode() in text:
-            leaks.append(f"file: {p.relative_to(tmp)}")
-    for db in ("mlflow.db", "optuna.db"):
-        leaks += [f"{db}: {row}" for s in (TRACK_SECRET, STORE_SECRET) for row in _db_rows_with(tmp / db, s)]
+    files, scanned = _files(tmp, seeded_cache)
+    leaks = _leaks(out, tmp, scanned, (TRACK_SECRET, STORE_SECRET))
     assert not leaks, "a credential leaked:\n" + "\n".join(leaks)
 
     # the scan looked at what it should: the sweep's records, its log, MLflow's config.yaml artifacts
@@ -74,3 +80,20 @@ def test_a_model_name_that_is_a_path_stops_the_sweep_in_one_line(sweep, name):
     assert len(err) == 1 and f"model.name={name!r}" in err[0] and "fix: model.name=" in err[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert not [p for p in sweep.cwd.parent.rglob("*escaped*")] and not list((sweep.cwd / "outputs").rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_with_a_password_in_the_tracking_uri_shows_it_nowhere(sweep, seeded_cache):
+    """The grid sweeper: its plan lines and the parent run's name hold the overrides (one skipped trial:
+    nothing is measured, everything else happens)."""
+    tmp, sweep.cache = sweep.cwd, seeded_cache
+    res = sweep("-m", "engine=tf", "precision=int8", f"tracking.uri='sqlite:///{tmp}/mlflow.db?password={TRACK_SECRET}'",
+                fast=False, env={"TF_CPP_MIN_LOG_LEVEL": "3"})  # few overrides: the URI is inside the run name's 250
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "plan: skip" in out and "password=***" in out
+    files, scanned = _files(tmp, seeded_cache)
+    leaks = _leaks(out, tmp, scanned, (TRACK_SECRET,))
+    assert not leaks, "a credential leaked:\n" + "\n".join(leaks)
+    parents, _ = sweep.runs("trtsweep/digits_cnn")
+    assert parents and "password=***" in parents[0].info.run_name
