@@ -160,3 +160,23 @@ def test_sync_says_in_one_line_when_the_server_is_still_down(tmp_path: Path, cap
     assert len(err) == 1 and f"MLflow at {uri} does not answer; 1 trial(s) of {sweep_dir} still to log" in err[0]
     assert cli.main(["sync", str(tmp_path)]) == 2  # not a sweep directory
     assert "has no mlflow_sweep.json" in capsys.readouterr().err
+
+
+def test_a_sweep_run_without_tracking_is_logged_to_the_store_given(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (plain, _, r0), (_, _, r1), _ = trials(uri, tmp_path)
+    plain = {**plain, "tracking": {**plain["tracking"], "enabled": False}}
+    sweep_dir = tmp_path / "sweep"
+    ctx = SimpleNamespace(tracker=None, parent_run_id=None, sweep_dir=sweep_dir, varying=None, cfg=plain)
+    assert sync.log_trial(ctx, r0, None, plain) == {}  # tracking=none: nothing is pending
+    sync.remember_sweep(sweep_dir, plain, "key-4", "sweep four", None, None)
+    write_record(sweep_dir, 1, r0)
+    write_record(sweep_dir, 2, r1)
+    assert sync.after_sweep(sweep_dir, "FINISHED") == 0
+    with pytest.raises(ValueError, match="tracking=none"):
+        sync.sync_sweep(sweep_dir)
+    lines = sync.sync_sweep(sweep_dir, uri)
+    assert "logged 2 trial(s)" in lines[0]
+    tracker = Tracker(TrackingConfig(uri=uri, experiment="sync-test", log_models=False))
+    parent, status = tracker.find_parent("key-4")
+    assert status == "FINISHED" and set(tracker.child_runs(parent)) == {r0.trial_key, r1.trial_key}
