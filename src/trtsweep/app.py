@@ -20,7 +20,7 @@ from typing import Any
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec, plan_trial
 from trtsweep.constraints import plan_notes
-from trtsweep.errors import ConfigError, one_line
+from trtsweep.errors import ConfigError
 from trtsweep.redact import mask_config
 from trtsweep.results import MEASURED, JobResult, TrialResult, TrialStatus
 from trtsweep.session import (
@@ -159,7 +159,7 @@ def run_job(cfg: Any) -> JobResult:
 
 def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobResult:
     """Run (or fetch from the cache) one trial, log it to MLflow, write its record to the sweep."""
-    from trtsweep import runner
+    from trtsweep import runner, sync
 
     if str(hc.mode) == "RunMode.MULTIRUN":
         index = hc.job.num + 1 + int(os.environ.get(ENV_OFFSET, "0"))
@@ -173,18 +173,9 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
         tb_path.parent.mkdir(parents=True, exist_ok=True)
         tb_path.write_text(result.traceback)
         result.reason = f"{result.reason} (traceback: {tb_path})"
-    if ctx.tracker is not None and ctx.parent_run_id:
-        try:
-            if ctx.parent_run_id not in result.mlflow_run_ids or not result.cached:
-                run_id = ctx.tracker.log_trial(ctx.parent_run_id, result, spec, plain, varying=ctx.varying)
-                result.mlflow_run_ids[ctx.parent_run_id] = run_id
-                if result.status != TrialStatus.SKIPPED:
-                    runner.save_result(result, spec.cache_dir)
-        except Exception as e:
-            log.error("MLflow logging failed for %s: %s", spec.label(), one_line(e))
-            log.debug("MLflow error", exc_info=True)
+    missed = sync.log_trial(ctx, result, spec, plain)  # MLflow down: the record says so (trtsweep sync)
     atomic_write_json(ctx.sweep_dir / "trials" / f"{index:05d}-{result.trial_key}.json",
-                      {**result.to_dict(), "overrides": mask_config(list(hc.overrides.task))})
+                      {**result.to_dict(), "overrides": mask_config(list(hc.overrides.task)), **mask_config(missed)})
     log.info(_progress_line(index, total, spec, result))
     return JobResult.of(result, ctx.parent_run_id)
 

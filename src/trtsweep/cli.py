@@ -4,7 +4,8 @@ front and plots of a sweep; report.html and report.md, see trtsweep.html_report)
 regressions against a baseline, for nightly jobs: exit code 1 when any configuration got slower or
 less accurate than allowed), ``nightly`` (the nightly preset measured afresh, each configuration judged
 against its MLflow history: exit 1 on a regression, 2 on an error; :mod:`trtsweep.nightly`) and
-``baseline pin|unpin|ls`` (a run or sweep each nightly also compares with).  ``report`` and ``compare``
+``baseline pin|unpin|ls`` (a run or sweep each nightly also compares with) and ``sync`` (log to MLflow
+what a sweep measured while the tracking server was down, :mod:`trtsweep.sync`).  ``report`` and ``compare``
 take the bounds of ``constraints.*`` (``--max-latency-p99-ms`` …, ``--max-accuracy-drop``) and judge
 every row with them, as a sweep judges its trials."""
 
@@ -171,6 +172,23 @@ def baseline_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
+def sync_cmd(a: argparse.Namespace) -> int:
+    """``trtsweep sync``: log to MLflow what a sweep measured while the tracking server was down
+    (:mod:`trtsweep.sync`); exit 1 with one line when it still does not answer."""
+    from trtsweep import sync
+
+    for d in a.sweep_dirs or [sync.latest_sweep()]:
+        try:
+            lines = sync.sync_sweep(Path(d), a.tracking_uri)
+        except sync.Unreachable as e:
+            pending = len(sync.pending_records(Path(d)))
+            print(f"trtsweep: {e}; {pending} trial(s) of {d} still to log; fix: start the tracking server (or "
+                  f"--tracking-uri <uri>), then run trtsweep sync {d} again", file=sys.stderr)
+            return 1
+        print("\n".join(lines), flush=True)
+    return 0
+
+
 def cache_cmd(a: argparse.Namespace) -> int:
     from trtsweep import cache
 
@@ -236,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--tracking-uri", help="the MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     b.add_argument("--all-machines", action="store_true", help="ls: pinned baselines of every machine")
     b.set_defaults(fn=baseline_cmd)
+    y = sub.add_parser("sync", help="log to MLflow the trials a sweep measured while the tracking server was "
+                       "down (exit 1 if it still is)")
+    y.add_argument("sweep_dirs", nargs="*", metavar="SWEEP_DIR",
+                   help="sweep directories (default: the latest under outputs/ or multirun/)")
+    y.add_argument("--tracking-uri", help="the MLflow store (default: the sweep's own tracking.uri)")
+    y.set_defaults(fn=sync_cmd)
     k = sub.add_parser("cache", help="what the result/conversion cache holds (ls), and cleaning it (prune)")
     k.add_argument("action", choices=("ls", "prune"))
     k.add_argument("--cache-dir", default=os.environ.get("TRTSWEEP_CACHE_DIR", "outputs/cache"))
@@ -250,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trtsweep: error: {mask_text(str(e))}", file=sys.stderr)  # no URL's password
         return 2
     except Exception as e:  # never exit 1 (a regression, to nightly and compare) for a crash
-        if a.cmd not in ("nightly", "compare", "baseline"):
+        if a.cmd not in ("nightly", "compare", "baseline", "sync"):
             raise
         import logging
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trtsweep import runner
+from trtsweep import runner, sync
 from trtsweep.atomic import atomic_write_json, atomic_write_text
 from trtsweep.config import confirm_config, tracking_config
 from trtsweep.errors import one_line
@@ -79,11 +79,8 @@ def joined_sweep(cfg: dict) -> SweepContext:
 
     ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None,
                        varying=parse_env(os.environ.get(ENV_VARYING)))
-    if ctx.parent_run_id:
-        try:
-            ctx.tracker = _tracker(cfg, os.environ.get(ENV_EXPERIMENT))
-        except Exception as e:  # noqa: BLE001 - the result is still cached and written to results.csv
-            log.error("MLflow unavailable: %s", one_line(e))
+    if ctx.parent_run_id:  # MLflow down: None at once (trtsweep.sync keeps what it misses)
+        ctx.tracker = sync.job_tracker(cfg, lambda: _tracker(cfg, os.environ.get(ENV_EXPERIMENT)))
     return ctx
 
 
@@ -140,7 +137,8 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
 
             fail(f"MLflow at {resolve_uri(tracking_config(cfg).uri)} is unavailable ({one_line(e, 300)}); fix: start "
                  "the tracking server, or point tracking.uri= (or MLFLOW_TRACKING_URI) to a reachable one")
-        log.error("MLflow unavailable, continuing without it: %s", one_line(e))
+        log.error("MLflow unavailable, measuring anyway (trials kept in %s, logged once it answers, or by "
+                  "`trtsweep sync`): %s", sweep_dir, one_line(e))
         log.debug("MLflow error", exc_info=True)
         tracker = None
     os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
@@ -157,6 +155,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
         os.environ[ENV_VARYING] = ",".join(varying)
     else:
         os.environ.pop(ENV_VARYING, None)
+    sync.remember_sweep(sweep_dir, cfg, key, run_name, tags, varying)  # what `trtsweep sync` needs
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
              f", MLflow parent run {parent} at {mask_url(tracker.uri)}" if parent else "")
     return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg), varying=varying)
@@ -209,6 +208,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     the parent run closed with ``status``; the trial worker stopped.  Returns the results table."""
     from trtsweep import report
 
+    sync.catch_up(ctx)  # the trials MLflow missed, if it answers now (else ctx.tracker is dropped)
     records = report.load_trial_records(ctx.sweep_dir)
     verdicts = confirm_winners(ctx, records) if status == FINISHED else []
     df = report.apply_confirmation(report.table(records), verdicts)
@@ -241,6 +241,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
             print(ui_link(ctx.tracker.uri, ctx.tracker.experiment_id, ctx.parent_run_id), flush=True)
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
+    sync.after_sweep(ctx.sweep_dir, status)  # "MLflow unreachable for N trial(s); run `trtsweep sync`..."
     runner.stop_pool()
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET, ENV_EXPERIMENT,
                 "TRTSWEEP_VARYING"):

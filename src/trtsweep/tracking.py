@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "trtsweep.sweep_key"
 TRIAL_TAG = "trtsweep.trial_key"
 ROLE_TAG = "trtsweep.role"
+#: MLflow's own defaults (7 retries, backoff factor 2) wait minutes for a tracking server that is down, at
+#: every call; set the variables to keep others
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 MLFLOW_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.ACCURACY_VIOLATION: "FINISHED",
                  TrialStatus.INFEASIBLE: "FINISHED", TrialStatus.SKIPPED: "KILLED", TrialStatus.FAILED: "FAILED",
                  TrialStatus.PRUNED: "KILLED"}  # stopped by the search after a measurement step
@@ -63,6 +66,9 @@ class Tracker:
 
         self.cfg = cfg
         self.uri = resolve_uri(cfg.uri)
+        if self.uri.startswith(("http://", "https://")):  # a server that is down: fail in seconds, not minutes
+            for var, value in HTTP_RETRY_DEFAULTS.items():  # (trial results are kept; trtsweep.sync logs them)
+                os.environ.setdefault(var, value)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = self._experiment(cfg.experiment)
 
@@ -102,6 +108,26 @@ class Tracker:
         if winner != run.info.run_id:
             self.client.delete_run(run.info.run_id)
         return winner
+
+    def find_parent(self, sweep_key: str) -> tuple[str, str] | None:
+        """The sweep's parent run (id, status), if it exists; unlike :meth:`parent_run`, changes nothing."""
+        found = self._find(f"tags.`{PARENT_TAG}` = '{sweep_key}' and tags.`{ROLE_TAG}` = 'parent'")
+        return (found[0].info.run_id, found[0].info.status) if found else None
+
+    def child_runs(self, parent_id: str) -> dict[str, tuple[str, str]]:
+        """The parent's trial runs: trial key -> (run id, status); the oldest where a trial has several."""
+        out: dict[str, tuple[str, str]] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token,
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                                         f"tags.`{ROLE_TAG}` = 'trial'",
+                                           order_by=["attributes.start_time ASC"])
+            for r in page:
+                out.setdefault(r.data.tags.get(TRIAL_TAG, ""), (r.info.run_id, r.info.status))
+            token = page.token
+            if not token:
+                return out
 
     def _find(self, filter_string: str) -> list:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=50,
