@@ -232,8 +232,8 @@ def _file_arrays(cfg: DataConfig, model: ModelInfo, mmap: bool = False) -> tuple
         a = arrays[t.name]
         want = t.concrete(1)[1:]
         if tuple(a.shape[1:]) != want:
-            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {list(a.shape[1:])}, "
-                              f"model={model.name} wants {list(want)} (input '{t.name}', {t.dtype}); fix: an array "
+            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {tuple(a.shape[1:])}, "
+                              f"model={model.name} wants {tuple(want)} (input '{t.name}', {t.dtype}); fix: an array "
                               f"shaped [n, {', '.join(map(str, want))}]")
         if t.dtype != "bool" and np.dtype(t.dtype).kind in "iu" and a.dtype.kind == "f":
             raise ConfigError(f"data.path={cfg.path}: array '{t.name}' holds floats ({a.dtype}), model={model.name}'s "

@@ -58,7 +58,7 @@ def storage_url_problem(url: str | None) -> str | None:
     """Why Optuna can never open ``hydra.sweeper.storage=url`` (a SQLAlchemy URL or ``journal:<file>``)."""
     fix = "fix: hydra.sweeper.storage=sqlite:///outputs/optuna.db (or postgresql://user:pw@host/db, journal:<file>)"
     if not url:
-        return f"hydra.sweeper.storage is empty; {fix}"
+        return f"hydra.sweeper.storage={url!r} is empty; {fix}"
     url = str(url)
     if url.startswith(JOURNAL):
         if not url[len(JOURNAL):].removeprefix("//"):
