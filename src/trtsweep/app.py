@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtsweep import outcome
 from trtsweep.atomic import atomic_write_json
 from trtsweep.config import TrialSpec, plan_trial
 from trtsweep.constraints import plan_notes
 from trtsweep.errors import ConfigError
+from trtsweep.plan_checks import MODEL_TIMEOUT_S, check_data_fits, check_job, check_sweeper
 from trtsweep.redact import mask_config
 from trtsweep.results import MEASURED, JobResult, TrialResult, TrialStatus
 from trtsweep.session import (
@@ -61,9 +63,12 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
     plain = [job_config(c) for c in configs]
     batch_sizes = sorted({c.get("batch_size") for c in plain if isinstance(c.get("batch_size"), int)})
     specs = []
+    if configs:
+        check_sweeper(configs[0])
     for i, c in enumerate(plain):
         try:
             specs.append(plan_trial(c, batch_sizes))
+            check_job(c, specs[-1])
         except ConfigError as e:
             raise ConfigError(f"{e}" + (f" (job #{i})" if len(plain) > 1 else "")) from None
     say_plan_notes(specs)
@@ -85,20 +90,28 @@ def say_plan_notes(specs: Sequence[TrialSpec]) -> None:
 
 
 def resolve_specs_models(specs: list[TrialSpec]) -> None:
-    """Build/read each distinct model once, so a bad signature or dimension fails before any trial."""
+    """Build/read each distinct model once, so a bad signature or dimension fails before any trial, and
+    check a data file against it (under the plan's own time limit, not ``trial.timeout_s``)."""
+    from dataclasses import asdict
+
     from trtsweep import runner
 
-    seen = set()
+    models: dict[str, dict] = {}
+    checked = set()
     for spec in specs:
         key = json.dumps(spec.model_key(), sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        log.info("resolving model %s", spec.model.name)
-        try:
-            runner.resolve_model(spec)
-        except runner.TrialFailure as f:
-            raise ConfigError(f.reason) from None
+        if key not in models:
+            log.info("resolving model %s", spec.model.name)
+            try:
+                models[key] = runner.pool().call(
+                    "resolve", {"model": asdict(spec.model), "cache_dir": spec.cache_dir}, runner.worker_env(spec),
+                    max(MODEL_TIMEOUT_S, spec.trial.timeout_s), spec.trial.max_memory_mb)
+            except runner.TrialFailure as f:
+                raise ConfigError(f.reason) from None
+        data_key = (key, json.dumps(asdict(spec.data), sort_keys=True))
+        if data_key not in checked:
+            checked.add(data_key)
+            check_data_fits(spec, models[key])
 
 
 # ---------------------------------------------------------------------------
@@ -139,6 +152,8 @@ def run_job(cfg: Any) -> JobResult:
     batch_sizes = [int(b) for b in os.environ.get(ENV_BATCH_SIZES, "").split(",") if b]
     try:
         spec = plan_trial(plain, batch_sizes or None)
+        if ENV_SWEEP_DIR not in os.environ:  # else its sweeper checked it, with every other job
+            check_job(plain, spec)
     except ConfigError as e:
         fail(str(e))
     if ENV_SWEEP_DIR in os.environ:  # a job of a sweep that one of our sweepers runs (it said the plan notes)
@@ -168,6 +183,7 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
         index = total = 1
     tracker = ctx.tracker if ctx.parent_run_id else None
     result = runner.execute(spec, mlflow_model=tracker is not None and tracker.cfg.log_models)
+    outcome.note(result.status)
     if result.status == TrialStatus.FAILED and result.traceback:
         tb_path = Path(hc.runtime.output_dir) / "traceback.txt"
         tb_path.parent.mkdir(parents=True, exist_ok=True)

@@ -149,46 +149,100 @@ def _random(cfg: DataConfig, model: ModelInfo) -> Dataset:
 
 def _file(cfg: DataConfig, model: ModelInfo) -> Dataset:
     """A user .npy (one input), .npz (arrays named like the inputs, optional 'labels') or image folder."""
-    path = Path(cfg.path or "").expanduser()
-    labels = None
-    if path.is_dir():
-        from PIL import Image
-
-        spec = _image_input(model, "file")
-        _, h, w, c = spec.shape
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"data.path={cfg.path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        imgs = np.stack([
-            _resize(np.asarray(Image.open(f).convert("RGB"), np.float32)[None] / 255.0, h, w, c)[0] for f in files
-        ])
-        arrays = {spec.name: _scale(imgs, model)}
-    elif path.suffix == ".npy":
-        if len(model.inputs) != 1:
-            raise ConfigError(f"data.path={cfg.path}: a .npy feeds one input, model={model.name} has "
-                              f"{len(model.inputs)}; fix: an .npz named by input")
-        arrays = {model.inputs[0].name: np.load(path)}
-    elif path.suffix == ".npz":
-        z = np.load(path)
-        missing = [t.name for t in model.inputs if t.name not in z.files]
-        if missing:
-            raise ConfigError(f"data.path={cfg.path} lacks arrays for inputs {missing} (has {z.files}); "
-                              "fix: name arrays after the inputs")
-        arrays = {t.name: z[t.name] for t in model.inputs}
-        labels = z["labels"] if "labels" in z.files else None
-    else:
-        raise ConfigError(f"data.path={cfg.path}: expected .npy, .npz or an image directory")
-    for t in model.inputs:
-        want = t.concrete(1)[1:]
-        if tuple(arrays[t.name].shape[1:]) != want:
-            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {arrays[t.name].shape[1:]}, "
-                              f"model wants {want}")
+    arrays, labels = _file_arrays(cfg, model)
     rng = np.random.default_rng(cfg.seed)
     n = len(next(iter(arrays.values())))
     calib_idx = _take(np.arange(n), cfg.calibration_samples, rng)
     n_eval = min(cfg.eval_samples, n)
     return Dataset({k: v[calib_idx] for k, v in arrays.items()}, {k: v[:n_eval] for k, v in arrays.items()},
                    labels[:n_eval] if labels is not None else None)
+
+
+#: array kinds a model input can be fed from: bool, signed and unsigned integers, floats
+NUMERIC_KINDS = "biuf"
+
+
+def read_file(cfg: DataConfig, mmap: bool = False) -> dict[str, np.ndarray]:
+    """The arrays of a user .npy (as ``""``) or .npz, checked for what any model needs: it loads (no
+    pickled objects), numbers, at least one sample.  ConfigError (one line) otherwise.  An image
+    directory: ``{}`` (checked against the model by :func:`check_file`)."""
+    path = Path(cfg.path or "").expanduser()
+    if path.is_dir():
+        return {}
+    if path.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"data.path={cfg.path}: expected .npy, .npz or an image directory")
+    try:
+        if path.suffix == ".npy":
+            arrays = {"": np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - not numpy's format, truncated, pickled objects...
+        from trtsweep.errors import one_line
+
+        raise ConfigError(f"data.path={cfg.path} cannot be read as {path.suffix} ({one_line(e, 200)}); "
+                          "fix: save numeric arrays with numpy.save / numpy.savez") from None
+    for name, a in arrays.items():
+        what = f"data.path={cfg.path}" + (f": array '{name}'" if name else "")
+        if a.dtype.kind not in NUMERIC_KINDS:
+            raise ConfigError(f"{what} has dtype {a.dtype} (not numbers); fix: an array of floats or integers "
+                              "shaped like the model's input, with the samples first")
+        if a.ndim == 0 or len(a) == 0:
+            raise ConfigError(f"{what} holds no samples (shape {list(a.shape)}); fix: an array with the samples "
+                              "first, shaped like the model's input")
+    return arrays
+
+
+def check_file(cfg: DataConfig, model: ModelInfo) -> None:
+    """Plan time, in the sweep's process: ``data=file`` fits ``model``'s signature (a ConfigError otherwise)."""
+    _file_arrays(cfg, model, mmap=True)
+
+
+def _file_arrays(cfg: DataConfig, model: ModelInfo, mmap: bool = False) -> tuple[dict, np.ndarray | None]:
+    path = Path(cfg.path or "").expanduser()
+    labels = None
+    if path.is_dir():
+        spec = _image_input(model, "file")
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"data.path={cfg.path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if mmap:  # the check: images exist for the one image input
+            return {}, None
+        from PIL import Image
+
+        _, h, w, c = spec.shape
+        imgs = np.stack([
+            _resize(np.asarray(Image.open(f).convert("RGB"), np.float32)[None] / 255.0, h, w, c)[0] for f in files
+        ])
+        return {spec.name: _scale(imgs, model)}, None
+    found = read_file(cfg, mmap=mmap)
+    if path.suffix == ".npy":
+        if len(model.inputs) != 1:
+            raise ConfigError(f"data.path={cfg.path}: a .npy feeds one input, model={model.name} has "
+                              f"{len(model.inputs)}; fix: an .npz named by input")
+        arrays = {model.inputs[0].name: found[""]}
+    else:
+        missing = [t.name for t in model.inputs if t.name not in found]
+        if missing:
+            raise ConfigError(f"data.path={cfg.path} lacks arrays for inputs {missing} (has {sorted(found)}); "
+                              "fix: name arrays after the inputs")
+        arrays = {t.name: found[t.name] for t in model.inputs}
+        labels = found.get("labels")
+    for t in model.inputs:
+        a = arrays[t.name]
+        want = t.concrete(1)[1:]
+        if tuple(a.shape[1:]) != want:
+            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' has sample shape {tuple(a.shape[1:])}, "
+                              f"model={model.name} wants {tuple(want)} (input '{t.name}', {t.dtype}); fix: an array "
+                              f"shaped [n, {', '.join(map(str, want))}]")
+        if t.dtype != "bool" and np.dtype(t.dtype).kind in "iu" and a.dtype.kind == "f":
+            raise ConfigError(f"data.path={cfg.path}: array '{t.name}' holds floats ({a.dtype}), model={model.name}'s "
+                              f"input '{t.name}' takes {t.dtype}; fix: save the array as {t.dtype}")
+    lens = {len(a) for a in arrays.values()} | ({len(labels)} if labels is not None else set())
+    if len(lens) > 1:
+        raise ConfigError(f"data.path={cfg.path}: the arrays hold different numbers of samples {sorted(lens)}; "
+                          "fix: one sample per row in every array (and in 'labels')")
+    return arrays, labels
 
 
 # ---- batching ----

@@ -21,6 +21,8 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, Mapping), "a mapping (key: value, or +key.name=value)"),
+    "list": (lambda v: isinstance(v, (list, tuple)), "a list ([a, b])"),
 }
 
 

@@ -39,6 +39,9 @@ def serve(conn, env: dict[str, str]) -> None:
     _conn = conn
     os.environ.update(env)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from trtsweep import tflog
+
+    tflog.import_tensorflow()  # before any request: without TensorFlow's CUDA probing lines on CPU hosts
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="  [worker] %(message)s")
     for noisy in ("absl", "tensorflow", "tf2onnx", "h5py"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

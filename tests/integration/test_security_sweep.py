@@ -90,7 +90,7 @@ def test_a_grid_sweep_with_a_password_in_the_tracking_uri_shows_it_nowhere(sweep
     res = sweep("-m", "engine=tf", "precision=int8", f"tracking.uri='sqlite:///{tmp}/mlflow.db?password={TRACK_SECRET}'",
                 fast=False, env={"TF_CPP_MIN_LOG_LEVEL": "3"})  # few overrides: the URI is inside the run name's 250
     out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
+    assert res.returncode == 1 and "no trial succeeded" in out, out[-3000:]  # its one trial was skipped
     assert "plan: skip" in out and "password=***" in out
     files, scanned = _files(tmp, seeded_cache)
     leaks = _leaks(out, tmp, scanned, (TRACK_SECRET,))
