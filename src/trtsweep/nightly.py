@@ -60,7 +60,7 @@ def run(overrides: list[str], history: int = 7, rule: Rule | None = None) -> int
     code = _sweep(hydra_args(overrides, stamp, date, sweep_dir))
     if code == 2:  # a configuration error: the sweep said which, in one line
         return 2
-    if code:
+    if code not in (0, 1):  # 1: no trial succeeded, which the nightly judges (and exits 1 for) like a regression
         return _error(f"the nightly sweep stopped (exit code {code}, see above); nothing was judged")
     try:
         tracker, parent = _parent(sweep_dir, stamp)
@@ -71,7 +71,7 @@ def run(overrides: list[str], history: int = 7, rule: Rule | None = None) -> int
                       "(tracking.uri / MLFLOW_TRACKING_URI) and the sweep's log")
     print("\n" + verdict.text(), flush=True)
     record(verdict, sweep_dir, tracker)
-    return verdict.exit_code
+    return max(verdict.exit_code, code)
 
 
 def _sweep(args: list[str]) -> int:

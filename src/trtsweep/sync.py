@@ -49,10 +49,10 @@ def remember_sweep(sweep_dir: Path, cfg: dict, key: str, run_name: str, tags: di
     from trtsweep.config import to_container
 
     try:
-        atomic_write_json(Path(sweep_dir) / SWEEP_FILE, {
+        atomic_write_json(Path(sweep_dir) / SWEEP_FILE, mask_config({
             "sweep_key": key, "run_name": run_name, "tags": {"sweep_dir": str(Path(sweep_dir).resolve()),
                                                              **(tags or {})},
-            "varying": varying, "tracking": mask_config(to_container(cfg).get("tracking") or {}), "status": None})
+            "varying": varying, "tracking": to_container(cfg).get("tracking") or {}, "status": None}))
     except Exception as e:  # noqa: BLE001 - only `trtsweep sync` needs it
         log.warning("could not write %s: %s", SWEEP_FILE, one_line(e))
 
