@@ -155,11 +155,29 @@ CASES = [
 ]
 
 
+def _in_process(sweep, args: list[str], monkeypatch, capfd) -> subprocess.CompletedProcess:
+    """``sweep.py <args>`` run in this process (as ``trtsweep nightly`` runs it): the same entry, checks
+    and exit code as a subprocess, without a process start and imports per case."""
+    from trtsweep import entry, runner
+
+    monkeypatch.chdir(sweep.cwd)
+    capfd.readouterr()
+    try:
+        entry.run(sweep.args(*args)[2:], prog="sweep.py")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        runner.stop_pool()
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 @pytest.mark.parametrize("_unused,overrides,needle", CASES)
-def test_bad_input_stops_before_any_trial(request, sweep, files, _unused, overrides, needle):
+def test_bad_input_stops_before_any_trial(request, sweep, files, _unused, overrides, needle, monkeypatch, capfd):
     models = request.getfixturevalue("saved_models") if any("{m}" in o for o in overrides) else None
     values = [o.format(f=files, m=models) for o in overrides]
-    res = sweep("-m", "tracking=none", *values)
+    res = _in_process(sweep, ["-m", "tracking=none", *values], monkeypatch, capfd)
     assert res.returncode == 2, (res.stdout[-2000:], res.stderr[-3000:])
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith(ERROR)]
     assert len(errors) == 1, res.stderr[-3000:]
