@@ -33,7 +33,7 @@ def unwritable(e: BaseException | None) -> str | None:
             return (f"cannot write {where}: {e.strerror or os.strerror(e.errno)}; fix: free space on that disk or "
                     "make it writable (or write elsewhere: hydra.sweep.dir=..., cache_dir=...), then run the same "
                     "command again: finished trials are reused")
-        e, seen = e.__cause__ or e.__context__, seen + 1
+        e, seen = e.__cause__ or (None if e.__suppress_context__ else e.__context__), seen + 1
     return None
 
 
