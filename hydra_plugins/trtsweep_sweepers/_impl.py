@@ -211,7 +211,7 @@ class OptunaSweeperImpl:
                 finally:  # interrupted too: the study's report, before the sweep's own results table
                     self._finish(study, session, search)
         except StorageUnavailable as e:  # the database stayed down: one line; the same command resumes
-            fail(str(e), code=1)
+            fail(str(e))
         finally:
             if session is not None:  # after the results table: the confirmed winner (only for a finished study)
                 print("\n".join(self._summary + confirmed_lines(session.table)), flush=True)

@@ -15,6 +15,7 @@ orphaned-trial check (``_study.fail_orphaned_trials``) fails after its grace per
 
 import functools
 import logging
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -26,7 +27,8 @@ from trtsweep.errors import one_line
 
 log = logging.getLogger(__name__)
 
-RETRY_S = 120.0  # how long a worker waits for the database to come back
+# how long a worker waits for the database to come back (tests shorten it: TRTSWEEP_TEST_STORAGE_RETRY_S)
+RETRY_S = float(os.environ.get("TRTSWEEP_TEST_STORAGE_RETRY_S") or 120.0)
 PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)  # between attempts (the last one repeats)
 
 # the storage methods that talk to the database (what Optuna's _CachedStorage and the sweeper call)
@@ -37,6 +39,8 @@ METHODS = (
     "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
     "record_heartbeat", "_get_stale_trial_ids", "get_trial_user_attrs", "get_trial_system_attrs",
+    # the private ones Optuna's _CachedStorage calls (ask, the trial list, the best trial)
+    "_create_new_trial", "_get_trials", "_set_trial_param", "_get_best_trial_id",
 )
 
 
@@ -94,8 +98,8 @@ def retrying(call: Callable[..., Any], name: str, what: str, budget: Budget,
                 sleep(PAUSES[min(attempt, len(PAUSES) - 1)])
                 attempt += 1
                 continue
+            budget.spent = False  # the database answers: a later outage gets the whole budget again
             if start is not None:
-                budget.spent = False
                 log.warning("optuna storage %s is reachable again after %.0f s", what, clock() - start)
             return result
 

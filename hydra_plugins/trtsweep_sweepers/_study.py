@@ -31,7 +31,7 @@ from trtsweep.errors import one_line
 from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import native_constraints, trial_constraints
-from ._retry import RetryingRDBStorage
+from ._retry import RetryingRDBStorage, StorageUnavailable
 from ._space import SearchParam, SearchSpaceError, grid_search_space
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,8 @@ class Heartbeat:
         while True:
             try:
                 self.storage.record_heartbeat(self.trial_id)
+            except StorageUnavailable:  # the database stayed down: the trial's tell says so, once
+                return
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the trial
                 log.warning("optuna heartbeat failed: %s", one_line(e))
             if self._stop.wait(self.interval):

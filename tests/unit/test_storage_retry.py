@@ -73,6 +73,28 @@ def test_a_longer_outage_stops_with_one_line_saying_to_run_again():
     assert clock.now == before and len(calls) == n + 1
 
 
+def test_the_budget_is_whole_again_once_the_database_answers():
+    clock = Clock()
+    budget = _retry.Budget(10)
+    down = [True]
+
+    def call():
+        if down[0]:
+            raise outage()
+        return "ok"
+
+    wrapped = _retry.retrying(call, "get_trial", "db", budget, sleep=clock.sleep, clock=clock)
+    with pytest.raises(_retry.StorageUnavailable):
+        wrapped()
+    down[0] = False
+    assert wrapped() == "ok" and not budget.spent
+    down[0] = True
+    started = clock.now
+    with pytest.raises(_retry.StorageUnavailable):
+        wrapped()
+    assert clock.now - started >= 10  # waited the whole budget again
+
+
 def test_errors_other_than_an_outage_are_raised_at_once():
     clock = Clock()
     call, calls = flaky(1, error=lambda: sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
