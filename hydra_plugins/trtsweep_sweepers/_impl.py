@@ -30,6 +30,7 @@ from trtsweep.tracking import absolute_sqlite_uri
 from ._outcome import OBJECTIVES, Outcome, objective_names, tell, trial_outcome
 from ._prune import ConfidenceBoundPruner
 from ._report import best_and_front, best_feasible, confirmed_lines, summary_lines, write_report
+from ._retry import StorageUnavailable
 from ._search import Search, SearchSettings, Steps
 from ._space import (
     SearchParam,
@@ -210,6 +211,8 @@ class OptunaSweeperImpl:
                     self._bring_in_best(study, fixed, plan)
                 finally:  # interrupted too: the study's report, before the sweep's own results table
                     self._finish(study, session, search)
+        except StorageUnavailable as e:  # the database stayed down: one line; the same command resumes
+            fail(str(e))
         finally:
             if session is not None:  # after the results table: the confirmed winner (only for a finished study)
                 print("\n".join(self._summary + confirmed_lines(session.table)), flush=True)

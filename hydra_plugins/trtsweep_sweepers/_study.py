@@ -30,6 +30,7 @@ from trtsweep.redact import mask_url
 from trtsweep.tracking import absolute_sqlite_uri
 
 from ._outcome import native_constraints, trial_constraints
+from ._retry import RetryingRDBStorage, StorageUnavailable
 from ._space import SearchParam, SearchSpaceError, grid_search_space
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ JOURNAL = "journal:"
 
 def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retry: int,
                  attempts: int = 3) -> Any:
-    """RDBStorage with heartbeats and retry of dead trials; retried when workers race on creating tables.
+    """RDBStorage with heartbeats and retry of dead trials; retried when workers race on creating tables;
+    its calls ride out a database outage of up to ``_retry.RETRY_S`` seconds (:mod:`._retry`).
     ``journal:<file>``: Optuna's JournalStorage on a file (several processes on one machine, no server;
     no heartbeat, so a trial whose process died stays RUNNING instead of being retried)."""
     if url.startswith(JOURNAL):
@@ -146,8 +148,8 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retry
         callback = RETRY_CALLBACK(max_retry=max_retry)
         for attempt in range(attempts):
             try:
-                return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                  **{_CALLBACK_ARG: callback})
+                return RetryingRDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                          label=masked(url), **{_CALLBACK_ARG: callback})
             except Exception as e:  # noqa: BLE001 - first-use race, or a real connection error
                 if attempt == attempts - 1:
                     raise SearchSpaceError(f"hydra.sweeper.storage={masked(url)} cannot be opened: "
@@ -193,6 +195,8 @@ class Heartbeat:
         while True:
             try:
                 self.storage.record_heartbeat(self.trial_id)
+            except StorageUnavailable:  # the database stayed down: the trial's tell says so, once
+                return
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the trial
                 log.warning("optuna heartbeat failed: %s", one_line(e))
             if self._stop.wait(self.interval):

@@ -8,6 +8,7 @@ over it.  Temporary names end in ``.tmp`` (files) or hold ``.tmp`` (directories)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+#: OSError numbers that mean "this disk takes no more writes": full, over quota, file too large, read-only,
+#: not allowed
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+
+
+def unwritable(e: BaseException | None) -> str | None:
+    """One line for an exception (or one in its chain) that says a file could not be written for want of
+    space or permission, else None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            where = e.filename or "a file"
+            return (f"cannot write {where}: {e.strerror or os.strerror(e.errno)}; fix: free space on that disk or "
+                    "make it writable (or write elsewhere: hydra.sweep.dir=..., cache_dir=...), then run the same "
+                    "command again: finished trials are reused")
+        e, seen = e.__cause__ or (None if e.__suppress_context__ else e.__context__), seen + 1
+    return None
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:

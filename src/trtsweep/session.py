@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trtsweep import runner, sync
-from trtsweep.atomic import atomic_write_json, atomic_write_text
+from trtsweep.atomic import atomic_write_json, atomic_write_text, unwritable
 from trtsweep.config import confirm_config, tracking_config
 from trtsweep.errors import one_line
 from trtsweep.identity import digest
@@ -59,18 +59,36 @@ def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: in
     ``varying``: the parameters that vary in the sweep (:mod:`trtsweep.mlflow_view`): its children's params.
     Afterwards ``ctx.table`` holds the sweep's results table.
     """
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    if multirun_config is not None:
-        from omegaconf import OmegaConf
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if multirun_config is not None:
+            from omegaconf import OmegaConf
 
-        OmegaConf.save(multirun_config, sweep_dir / "multirun.yaml")
+            atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(multirun_config))
+    except OSError as e:
+        if unwritable(e) is None:
+            raise
+        fail(unwritable(e) or "")
     ctx = start_sweep(cfg, sweep_dir, key, run_name, total, batch_sizes, tags, tracker_future, varying)
     try:
         yield ctx
-    except BaseException:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
-        ctx.table = finish_sweep(ctx, status=KILLED)
+    except BaseException as e:  # Ctrl-C or a crash of the sweep itself: keep what was measured, mark it
+        full = unwritable(e)  # the outputs' disk is full or read-only: one line, and the same command resumes
+        try:
+            ctx.table = finish_sweep(ctx, status=KILLED)
+        except OSError as again:
+            if full is None or unwritable(again) is None:
+                raise
+            log.debug("closing the sweep on a full disk", exc_info=True)
+        if full is not None:
+            fail(full)
         raise
-    ctx.table = finish_sweep(ctx, status=FINISHED)
+    try:
+        ctx.table = finish_sweep(ctx, status=FINISHED)
+    except OSError as e:
+        if unwritable(e) is None:
+            raise
+        fail(unwritable(e) or "")
 
 
 def joined_sweep(cfg: dict) -> SweepContext:

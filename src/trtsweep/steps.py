@@ -40,8 +40,12 @@ def verdict(step: int, throughput_ips: float) -> str | None:
         return None
     try:
         return _current(step, throughput_ips)
-    except Exception:
+    except Exception as e:
         import logging
 
-        logging.getLogger(__name__).warning("step observer failed; the trial is measured to the end", exc_info=True)
+        from trtsweep.errors import one_line
+
+        log = logging.getLogger(__name__)
+        log.warning("step observer failed (%s); the trial is measured to the end", one_line(e))
+        log.debug("step observer error", exc_info=True)
         return None

@@ -3,14 +3,16 @@
 Fast tests check the pieces in-process (grammar → distributions, conditional engine parameters,
 trial outcome → Optuna state, the feasible best).  The slow ones run real sweeps of digits_cnn in a
 subprocess: a small search with its MLflow parent/children, an invalid space stopped before the
-first trial, a study killed mid-trial and resumed, and (``postgres``) two concurrent workers on one
-PostgreSQL study (``TRTSWEEP_TEST_PG_URL=postgresql://user:pw@host:port/db``; it needs the right to
-create databases).
+first trial, a study killed mid-trial and resumed, and (``postgres``) four concurrent workers on one
+PostgreSQL study (``TRTSWEEP_TEST_PG_URL=postgresql://user:pw@host:port/db``, with the right to create
+databases; without it, a server of the test's own) and a study whose PostgreSQL server restarts mid-trial
+(always a server of the test's own: it is stopped and started).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,6 +78,8 @@ def check_mlflow_children(study_obj, uri: str, study: str) -> None:
     ran = [t for t in study_obj.trials if t.user_attrs.get("status")]
     assert ran, "no trial reached a result"
     for t in ran:
+        if t.user_attrs.get("known_from") and not t.user_attrs.get("mlflow_run_id"):
+            continue  # told a result measured elsewhere (the warm start's cached one): its child is the measurer's
         run_id = t.user_attrs.get("mlflow_run_id")
         assert run_id in by_id, f"trial #{t.number} ({t.user_attrs.get('status')}) has no child run"
         numbers = by_id[run_id].data.tags["optuna.trial_numbers"].split(",")
@@ -380,6 +384,8 @@ def test_invalid_space_fails_before_the_first_trial(tmp_path, override, expected
 @pytest.mark.slow
 @pytest.mark.usefixtures("seeded_cache")
 def test_killed_study_resumes_and_the_interrupted_trial_is_not_lost(tmp_path):
+    """SIGKILL of the whole sweep while its second trial is measured, then the same command: the finished trial
+    is not measured again, the interrupted one is retried once, the MLflow parent is reused, no result twice."""
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,fp16)", "batch_size=choice(1,8)",
                     "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
@@ -389,14 +395,15 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_not_lost(tmp_path):
                              start_new_session=True)
     killed = None
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 300
         while time.time() < deadline and first.poll() is None:
-            try:  # a trial that is being measured (launched: it has its overrides)
-                running = [t for t in load(storage, "resume").trials
-                           if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
+            try:  # a trial that is being measured (launched: it has its overrides) after one that finished
+                trials = load(storage, "resume").trials
             except Exception:  # noqa: BLE001 - the study does not exist yet
-                running = []
-            if running:
+                trials = []
+            complete = [t for t in trials if t.state.name == "COMPLETE" and "worker" in t.user_attrs]
+            running = [t for t in trials if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
+            if complete and running:
                 killed = running[0]
                 os.killpg(first.pid, signal.SIGKILL)  # the whole process group: sweeper and its trial worker
                 break
@@ -405,32 +412,39 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_not_lost(tmp_path):
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
-    assert killed is not None, "the first run never had a RUNNING trial"
+    assert killed is not None, "the first run never had a RUNNING trial after a COMPLETE one"
     assert load(storage, "resume").trials[killed.number].state.name == "RUNNING"  # left behind by the kill
+    finished = {t.user_attrs["trial_key"] for t in complete}
+    parent_id = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "resume")[0][0].info.run_id
 
     proc = run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(storage, "resume")
     numbers_unique(study)
-    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]  # (WAITING: neighbours queued, not run)
     assert study.trials[killed.number].state.name == "FAIL"
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1, "the interrupted trial was not retried"
     assert retries[0].state.name == "COMPLETE" and retries[0].params == killed.params
-    assert len(study.trials) == killed.number + 1 + 2  # the killed one, then the 2 trials of the second run
+    later = [t for t in study.trials[killed.number + 1:] if "worker" in t.user_attrs]  # run by the second run
+    # measured = neither told an earlier trial's outcome nor served from the result cache
+    measured = [t for t in later if "known_from" not in t.user_attrs and not t.user_attrs.get("cached")]
+    assert len(measured) == 2, [(t.number, t.state.name, t.user_attrs) for t in study.trials]  # n_trials=2
+    assert not [t.number for t in measured if t.user_attrs.get("trial_key") in finished]
+    assert sum(t.params == killed.params for t in measured) == 1  # the interrupted one: once
     parents, _ = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "resume")
     assert len(parents) == 1, "the resumed study did not find its MLflow parent run"
-    check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "resume")
+    assert parents[0].info.run_id == parent_id
+    check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "resume")  # one child per trial key
 
 
 # ---------------------------------------------------------------------------
 # postgres: two workers, one study
 @pytest.fixture
-def pg_urls():
-    """Two fresh databases on the server of TRTSWEEP_TEST_PG_URL: (optuna storage URL, MLflow URL)."""
-    url = os.environ.get("TRTSWEEP_TEST_PG_URL")
-    if not url:
-        pytest.skip("TRTSWEEP_TEST_PG_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/postgres)")
+def pg_urls(request):
+    """Two fresh databases on the server of TRTSWEEP_TEST_PG_URL (else on a server of this test's own, see
+    :func:`own_postgres`): (optuna storage URL, MLflow URL)."""
+    url = os.environ.get("TRTSWEEP_TEST_PG_URL") or request.getfixturevalue("own_postgres").url
     psycopg2 = pytest.importorskip("psycopg2")
     from sqlalchemy.engine import make_url
 
@@ -461,34 +475,199 @@ def pg_urls():
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_two_workers_share_one_postgres_study(tmp_path, pg_urls):
+def test_four_workers_share_one_postgres_study_and_one_mlflow_store(tmp_path, pg_urls, seeded_cache):
+    """Four sweeps started together on one PostgreSQL study, one MLflow store and one cache: together they
+    measure exactly 4 × n_trials configurations, none twice, each logged once under one parent run."""
     storage, mlflow_uri = pg_urls
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # create MLflow's schema once, before the workers
-    per_worker = 3
+    workers, per_worker = 4, 2
     procs = []
     env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for i in range(2):  # two "machines": own directory and cache, one study and one MLflow server
+    for i in range(workers):  # own working directory each; one study, one MLflow store, one cache
         wd = tmp_path / f"worker{i}"
         wd.mkdir()
-        cmd = sweep_cmd(wd, "engine=choice(tf,tflite)", "precision=choice(fp32,fp16,int8)", "batch_size=choice(1,8)",
-                        f"hydra.sweeper.n_trials={per_worker}", study="shared", storage=storage, mlflow=mlflow_uri)
+        cmd = sweep_cmd(wd, "engine=tflite", "precision=choice(fp32,fp16,int8_dynamic)",
+                        "batch_size=choice(1,2,4,8)", f"hydra.sweeper.n_trials={per_worker}",
+                        f"hydra.sweeper.seed={i}", study="shared", storage=storage, mlflow=mlflow_uri,
+                        cache=seeded_cache)
         procs.append(subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     study = load(storage, "shared")
     numbers_unique(study)
-    # n_trials counts measurements: repeats are told the earlier figures, skipped ones cost nothing, and a
-    # configuration the other worker is measuring right now is failed at once (none of these count)
+    # n_trials counts measurements: repeats are told the earlier figures, results another worker cached are
+    # free, and a configuration another worker is measuring right now is failed at once (none of these count)
     ran = [t for t in study.trials if "worker" in t.user_attrs]
-    measured = [t for t in ran if t.user_attrs.get("status") in ("ok", "accuracy_violation", "pruned")]
-    assert len(measured) == 2 * per_worker, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
-    assert len({t.user_attrs["worker"] for t in ran}) == 2
+    measured = [t for t in ran if t.user_attrs.get("status") in ("ok", "accuracy_violation", "pruned")
+                and "known_from" not in t.user_attrs and not t.user_attrs.get("cached")]
+    assert len(measured) == workers * per_worker, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    assert len({t.user_attrs["worker"] for t in ran}) == workers
     assert len({config_key(t.params) for t in measured}) == len(measured)  # none measured twice
     for t in study.trials:
         assert t.state.name in ("COMPLETE", "PRUNED") or "another worker is measuring" in t.user_attrs["reason"]
-    check_mlflow_children(study, mlflow_uri, "shared")
+    check_mlflow_children(study, mlflow_uri, "shared")  # one parent; one child per measured configuration
+    converted = sum(err.count("[worker] converting ") for _, err in outs)
+    artifacts = list((seeded_cache / "artifacts" / "tflite").glob("*/conversion.json"))
+    assert converted == len(artifacts) <= 3  # one conversion per precision, shared through the cache lock
+
+
+# ---------------------------------------------------------------------------
+# postgres: the study's database restarts mid-study
+class OwnPostgres:
+    """A throwaway PostgreSQL cluster of this test (run as user ``postgres``), which the test stops and starts."""
+
+    def __init__(self, bindir: Path, data: Path, port: int):
+        self.bindir, self.data, self.port = bindir, data, port
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+
+    def pg(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["su", "postgres", "-c", shlex.join(args)], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self) -> None:
+        r = self.pg(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.data / "log"), "-w",
+                    "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1", "start")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def stop(self) -> None:
+        r = self.pg(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def own_postgres():
+    """A fresh PostgreSQL server on a free port (needs root, a ``postgres`` user, the server binaries and
+    psycopg2; skipped with the reason otherwise)."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    ctls = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if not ctls:
+        pytest.skip("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin); apt-get install postgresql")
+    if os.geteuid() != 0:
+        pytest.skip("starting a PostgreSQL server of its own needs root (to run it as user postgres)")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no user postgres to run the server as")
+    pytest.importorskip("psycopg2")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = Path(tempfile.mkdtemp(prefix="trtsweep-pg-"))  # not under tmp_path: user postgres cannot enter that
+    os.chown(data, user.pw_uid, user.pw_gid)
+    server = OwnPostgres(ctls[-1].parent, data, port)
+    r = server.pg(str(server.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    if r.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"initdb failed: {(r.stderr or r.stdout).strip()[-300:]}")
+    server.start()
+    yield server
+    server.pg(str(server.bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("seeded_cache")
+def test_study_survives_a_restart_of_its_postgres_database(tmp_path, own_postgres):
+    """The PostgreSQL server is stopped while a trial is measured and started again 8 s later: the worker's
+    storage calls wait for it (heartbeats included) and the study ends with every trial, none lost or doubled."""
+    n = 3
+    cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,fp16,int8_dynamic)", "batch_size=choice(1,8)",
+                    f"hydra.sweeper.n_trials={n}", "hydra.sweeper.heartbeat_interval=1",
+                    "hydra.sweeper.grace_period=60", "hydra.sweeper.seed=5", study="restart", storage=own_postgres.url)
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = tmp_path / "sweep.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 400
+            running = []
+            while time.time() < deadline and proc.poll() is None and not running:
+                time.sleep(0.5)
+                try:
+                    running = [t for t in load(own_postgres.url, "restart").trials
+                               if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
+                except Exception:  # noqa: BLE001 - the study does not exist yet
+                    running = []
+            assert running, "no trial was measured:\n" + log_path.read_text()[-3000:]
+            own_postgres.stop()  # mid-trial: its heartbeats, then its tell, meet a dead server
+            time.sleep(8)
+            own_postgres.start()
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+    out = log_path.read_text()
+    assert proc.returncode == 0, out[-3000:]
+    assert "is unreachable" in out and "is reachable again" in out, out[-3000:]  # it did meet the outage
+    study = load(own_postgres.url, "restart")
+    numbers_unique(study)
+    assert [t.state.name for t in study.trials if t.state.name not in ("COMPLETE", "PRUNED")] == []
+    measured = [t for t in study.trials if "known_from" not in t.user_attrs and not t.user_attrs.get("cached")]
+    assert len(measured) == n, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    assert running[0].number in [t.number for t in measured]  # the trial measured during the outage was told
+    check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "restart")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("seeded_cache")
+def test_a_long_database_outage_stops_the_worker_with_one_line_and_the_same_command_resumes(tmp_path, own_postgres):
+    """The server stays down longer than the worker waits (5 s here, TRTSWEEP_TEST_STORAGE_RETRY_S): one error
+    line, exit 2; with the server back, the same command resumes and the trial of the outage is not lost."""
+    cmd = sweep_cmd(tmp_path, "engine=tflite", "precision=choice(fp32,fp16,int8_dynamic)", "batch_size=choice(1,8)",
+                    "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
+                    "hydra.sweeper.seed=7", study="outage", storage=own_postgres.url)
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "TF_CPP_MIN_LOG_LEVEL": "3", "TRTSWEEP_TEST_STORAGE_RETRY_S": "5"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        running = []
+        while time.time() < deadline and proc.poll() is None and not running:
+            time.sleep(0.5)
+            try:
+                running = [t for t in load(own_postgres.url, "outage").trials
+                           if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
+            except Exception:  # noqa: BLE001 - the study does not exist yet
+                running = []
+        assert running, "no trial was measured"
+        own_postgres.stop()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        own_postgres.start()
+    assert proc.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("trtsweep: error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "was unreachable for 5 s" in errors[0] and "run the same command again" in errors[0], errors
+    assert "Traceback" not in out, out[-3000:]
+    lost = running[0]
+    assert load(own_postgres.url, "outage").trials[lost.number].state.name == "RUNNING"  # left by the outage
+
+    again = run(cmd, tmp_path, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = load(own_postgres.url, "outage")
+    numbers_unique(study)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert study.trials[lost.number].state.name == "FAIL"
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE" and retries[0].params == lost.params
+    parents, _ = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "outage")
+    assert len(parents) == 1
+    check_mlflow_children(study, f"sqlite:///{tmp_path}/mlflow.db", "outage")
