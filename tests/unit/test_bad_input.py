@@ -161,6 +161,10 @@ def _in_process(sweep, args: list[str], monkeypatch, capfd) -> subprocess.Comple
     from trtsweep import entry, runner
 
     monkeypatch.chdir(sweep.cwd)
+    if "absl.logging" in sys.modules:  # TensorFlow imported by another test module: Hydra's logging setup
+        # closes every handler, and absl's closes its stream unless it is sys.stderr *now* (pytest's capture
+        # of an earlier moment, whose closing breaks pytest's own output)
+        sys.modules["absl.logging"].get_absl_handler().python_handler.stream = sys.__stderr__
     capfd.readouterr()
     try:
         entry.run(sweep.args(*args)[2:], prog="sweep.py")
