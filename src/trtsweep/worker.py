@@ -191,7 +191,9 @@ def run_trial(payload: dict) -> dict:
     t_start = time.time()
     inject(payload.get("fault"))  # tests only (trtsweep.faults)
     model, ds, engine, artifact, conv = _converted(spec)
-    reference = _reference(spec, model, ds)
+    t0 = time.perf_counter()
+    reference = _reference(spec, model, ds)  # computed once (then from memory or the disk cache)
+    reference_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
     load_s = time.perf_counter() - t0
@@ -204,14 +206,17 @@ def run_trial(payload: dict) -> dict:
         t_measure = time.perf_counter()
         m = measure(loaded.run, prepared, spec.batch_size, spec.measure)
         measure_s = time.perf_counter() - t_measure
+        t_fidelity = time.perf_counter()
         fidelity = _fidelity(spec, conv["conversion_key"], loaded, eval_batches, ds, reference)
+        fidelity_s = time.perf_counter() - t_fidelity
         describe = loaded.describe()
     finally:
         loaded.close()
     metrics = {
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()},
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
-        "load_time_s": load_s, "measure_time_s": measure_s,
+        "load_time_s": load_s, "measure_time_s": measure_s, "fidelity_time_s": fidelity_s,
+        "reference_time_s": reference_s,
         "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),
         "peak_rss_mb": _peak_rss_mb(),
         "eval_samples": float(ds.eval_count),
