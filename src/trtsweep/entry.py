@@ -20,11 +20,27 @@ from omegaconf import DictConfig
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+#: Hydra flags that only print something: no job runs, so no trial worker is started
+PRINT_ONLY = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
+              "--shell-completion")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict:
+def app(cfg: DictConfig) -> dict:
     from trtsweep.app import run_job
 
     return run_job(cfg)
+
+
+def main() -> None:
+    """Run the Hydra app on ``sys.argv``.  The trial worker starts first: it imports TensorFlow
+    (seconds) while Hydra starts, composes and plans; a sweep that stops before its first trial stops
+    it (:func:`trtsweep.session.fail`, or at exit)."""
+    if not any(a.split("=", 1)[0] in PRINT_ONLY for a in sys.argv[1:]):
+        from trtsweep import runner
+
+        runner.pool().prewarm()
+    app()
 
 
 def run(args: Sequence[str], prog: str = "trtsweep sweep") -> None:

@@ -11,7 +11,10 @@ import json
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -48,18 +51,20 @@ class WorkerPool:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(target=worker.serve, args=(child, env), daemon=True, name="trtsweep-worker")
-        self.proc.start()
+        with _main_script_hidden():
+            self.proc.start()
         child.close()
         self.conn, self.env = parent, dict(env)
         self._pending_warm = False
 
     def stop(self) -> None:
-        """End the worker: it holds no unsent result, so a short grace period is enough."""
+        """End the worker: it holds no unsent result, so it is killed after a moment's grace (exiting
+        with TensorFlow loaded takes seconds, and nothing it would do then is worth the wait)."""
         if self.proc is not None:
             try:
                 if self.proc.is_alive():
                     self.conn.send(("stop", None))
-                    self.proc.join(0.5)
+                    self.proc.join(0.05)
             except (OSError, BrokenPipeError):
                 pass
             if self.proc.is_alive():
@@ -75,7 +80,10 @@ class WorkerPool:
 
     def prewarm(self, env: dict[str, str] | None = None) -> None:
         """Start a worker and have it import TensorFlow while the caller does other start-up work.
-        Its answer is read (and dropped) by the next ``call``."""
+        Its answer is read (and dropped) by the next ``call``.  A live worker is left as it is: it is
+        warm already, or warming."""
+        if self.proc is not None and self.proc.is_alive():
+            return
         self.ensure(env or {})
         try:
             self.conn.send(("warm", None))
@@ -132,6 +140,23 @@ class WorkerPool:
             if time.monotonic() > deadline:
                 self.kill()
                 raise TrialFailure(f"timed out after {timeout_s:.0f} s (trial.timeout_s); the worker was killed")
+
+
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Spawn runs the parent's main script (``sweep.py``: Hydra's import, a second of the worker's
+    start-up) in the child to find objects defined there; the worker's are all in ``trtsweep.worker``,
+    so the script is hidden from it while the child starts."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _describe_exit(code: int | None) -> str:
@@ -233,6 +258,13 @@ def execute(spec: TrialSpec) -> TrialResult:
 
 
 def resolve_model(spec: TrialSpec) -> dict:
-    """Resolve a model in the worker (builds generated models once); raises TrialFailure with one line."""
+    """Resolve a model: from the caches in this process when they hold it (the worker may still be
+    importing TensorFlow), else in the worker (builds generated models once, reads the signature);
+    raises TrialFailure with one line."""
+    from trtsweep.models import resolve_cached
+
+    cached = resolve_cached(spec.model, spec.cache_dir)
+    if cached is not None:
+        return cached.to_dict()
     return pool().call("resolve", {"model": asdict(spec.model), "cache_dir": spec.cache_dir}, worker_env(spec),
                        spec.trial.timeout_s, spec.trial.max_memory_mb)
