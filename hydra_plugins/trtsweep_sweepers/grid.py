@@ -11,9 +11,10 @@
 
 
 import logging
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -81,7 +82,8 @@ class TrtsweepGridSweeper(BasicSweeper):
                            f"{name}: {' '.join(params_conf)}"[:250], len(jobs), plan.batch_sizes,
                            tags={"sweeper": "grid"}, tracker_future=tracker_future, multirun_config=self.config):
             self._planned = True
-            return self._launch(jobs)
+            with planned_configs(self.launcher, self.config, jobs, configs):
+                return self._launch(jobs)
 
     def _launch(self, jobs: List[List[str]]) -> List[Any]:
         """Hydra's basic sweeper's loop, over the planned (filtered, de-duplicated) jobs."""
@@ -96,6 +98,42 @@ class TrtsweepGridSweeper(BasicSweeper):
             index += len(batch)
             returns.append(results)
         return returns
+
+
+class _PlannedLoader:
+    """The config loader a launcher composes each job with, handing out the configs the sweeper composed
+    for its plan: ``load_sweep_config`` with the same master config and overrides composes the same
+    config, and composing takes a good part of a second.  Each is handed out once (the launcher sets the
+    job number on it); anything else is composed as usual."""
+
+    def __init__(self, loader: Any, master: Any, planned: Dict[Tuple[str, ...], Any]):
+        self._loader, self._master, self._planned = loader, master, planned
+
+    def load_sweep_config(self, master_config: Any, sweep_overrides: List[str]) -> Any:
+        if master_config is self._master:
+            cfg = self._planned.pop(tuple(sweep_overrides), None)
+            if cfg is not None:
+                return cfg
+        return self._loader.load_sweep_config(master_config, sweep_overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+@contextmanager
+def planned_configs(launcher: Any, master: Any, jobs: List[List[str]], configs: List[Any]) -> Iterator[None]:
+    """While the block runs, ``launcher`` (one that composes its jobs through its Hydra context's config
+    loader, as Hydra's basic launcher does) gets the planned configs instead of composing them again."""
+    context = getattr(launcher, "hydra_context", None)
+    if context is None or not hasattr(context, "config_loader"):
+        yield
+        return
+    planned = {tuple(job): cfg for job, cfg in zip(jobs, configs, strict=True)}
+    launcher.hydra_context = replace(context, config_loader=_PlannedLoader(context.config_loader, master, planned))
+    try:
+        yield
+    finally:
+        launcher.hydra_context = context
 
 
 def _split(override: str) -> Tuple[str, str]:
