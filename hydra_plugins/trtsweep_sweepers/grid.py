@@ -45,10 +45,11 @@ class TrtsweepGridSweeper(BasicSweeper):
         from trtsweep import runner
         from trtsweep.app import job_config, plan_sweep, resolve_specs_models
         from trtsweep.errors import ConfigError, one_line
-        from trtsweep.session import fail, sweep_key, sweep_session, tracker_in_background
+        from trtsweep.session import fail, open_tracker_early, sweep_key, sweep_session
 
         assert self.config is not None and self.hydra_context is not None
-        runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed
+        runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed (if not yet)
+        open_tracker_early(job_config(self.config))  # and MLflow opens in its own process
         params_conf = self._parse_config() + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         try:
@@ -69,8 +70,7 @@ class TrtsweepGridSweeper(BasicSweeper):
             fail(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
         try:
             plan = plan_sweep(configs, resolve_models=False)  # cheap checks first: a typo fails at once
-            tracker_future = tracker_in_background(job_config(configs[0])) if configs else None
-            resolve_specs_models(plan.specs)  # TensorFlow work in the worker while MLflow opens
+            resolve_specs_models(plan.specs)  # from the caches, or in the worker
         except ConfigError as e:
             fail(str(e))
         for spec, job in zip(plan.specs, jobs, strict=True):
@@ -80,7 +80,7 @@ class TrtsweepGridSweeper(BasicSweeper):
         name = str(base.get("name", "adhoc"))
         with sweep_session(base, Path(self.config.hydra.sweep.dir), sweep_key(name, params_conf),
                            f"{name}: {' '.join(params_conf)}"[:250], len(jobs), plan.batch_sizes,
-                           tags={"sweeper": "grid"}, tracker_future=tracker_future, multirun_config=self.config):
+                           tags={"sweeper": "grid"}, multirun_config=self.config):
             self._planned = True
             with planned_configs(self.launcher, self.config, jobs, configs):
                 return self._launch(jobs)

@@ -71,14 +71,48 @@ def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: in
 
 
 def joined_sweep(cfg: dict) -> SweepContext:
-    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`)."""
+    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`).  A job
+    that runs in the sweep's own process logs through the sweep's open MLflow client (MLflow is opened
+    once per sweep); a job elsewhere (another launcher) opens its own."""
     ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None)
     if ctx.parent_run_id:
         try:
-            ctx.tracker = _tracker(cfg)
+            ctx.tracker = _open_tracker(cfg)
         except Exception as e:  # noqa: BLE001 - the result is still cached and written to results.csv
             log.error("MLflow unavailable: %s", one_line(e))
     return ctx
+
+
+#: the MLflow client of the sweep this process runs, with its tracking settings (open_tracker_early or
+#: start_sweep .. finish_sweep)
+_OPEN: dict[str, Any] = {}
+
+
+def open_tracker_early(cfg: dict) -> None:
+    """Start MLflow (its own process: import and schema take seconds) as soon as a sweeper knows the
+    tracking settings, before its own start-up work; the sweep it then starts uses it when its settings
+    are the same.  Nothing is raised here: a bad setting is reported when the sweep starts."""
+    try:
+        tcfg = tracking_config(cfg)
+        if tcfg.enabled and "tracking" not in _OPEN:
+            _OPEN["tracking"] = (tcfg, _tracker(cfg))
+    except Exception:  # start_sweep opens MLflow again and reports the error
+        log.debug("MLflow not opened early", exc_info=True)
+
+
+def _open_tracker(cfg: dict):
+    """The tracker this process opened for these settings, else a new one."""
+    open_cfg, tracker = _OPEN.get("tracking", (None, None))
+    if tracker is not None and open_cfg == tracking_config(cfg):
+        return tracker
+    return _tracker(cfg)
+
+
+def _close_open_tracker() -> None:
+    _, tracker = _OPEN.pop("tracking", (None, None))
+    close = getattr(tracker, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass
@@ -96,22 +130,14 @@ def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
 
 
 def _tracker(cfg: dict):
+    """A tracker for ``cfg``'s settings (None: tracking is off).  It opens MLflow in a process of its own
+    and returns at once; its first call waits until MLflow is open (:mod:`trtsweep.mlflow_process`)."""
     tcfg = tracking_config(cfg)
     if not tcfg.enabled:
         return None
-    from trtsweep.tracking import Tracker
+    from trtsweep.mlflow_process import RemoteTracker
 
-    return Tracker(tcfg)
-
-
-def tracker_in_background(cfg: dict):
-    """Open MLflow (import + schema check/creation take seconds) while the worker imports TensorFlow."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    ex = ThreadPoolExecutor(1, thread_name_prefix="trtsweep-mlflow")
-    fut = ex.submit(_tracker, cfg)
-    ex.shutdown(wait=False)
-    return fut
+    return RemoteTracker(tcfg)
 
 
 def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
@@ -120,13 +146,21 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     tracker = None
     parent = None
     try:
-        tracker = tracker_future.result() if tracker_future is not None else _tracker(cfg)
-        if tracker is not None:
+        if tracker_future is not None:
+            tracker = tracker_future.result()
+        else:
+            tracker = _open_tracker(cfg)
+            if tracker is not _OPEN.get("tracking", (None, None))[1]:
+                _close_open_tracker()  # opened early for other settings
+        if tracker is not None:  # waits until MLflow is open: it never runs beside a measurement
             parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
     except Exception as e:
         log.error("MLflow unavailable, continuing without it: %s", one_line(e))
         log.debug("MLflow error", exc_info=True)
         tracker = None
+        _close_open_tracker()
+    if tracker is not None:
+        _OPEN["tracking"] = (tracking_config(cfg), tracker)
     os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
     os.environ[ENV_TOTAL] = str(total)
     os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
@@ -212,6 +246,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.stop_pool()
+    _close_open_tracker()  # every call was answered: MLflow's process exits
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET):
         os.environ.pop(var, None)
     return df
