@@ -70,7 +70,8 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
 
 
 def resolve_specs_models(specs: list[TrialSpec]) -> None:
-    """Build/read each distinct model once, so a bad signature or dimension fails before any trial."""
+    """Build/read each distinct model once, so a bad signature or dimension fails before any trial; then
+    the worker loads the first trial's data ahead of it."""
     from trtsweep import runner
 
     seen = set()
@@ -84,6 +85,7 @@ def resolve_specs_models(specs: list[TrialSpec]) -> None:
             runner.resolve_model(spec)
         except runner.TrialFailure as f:
             raise ConfigError(f.reason) from None
+    runner.prepare(specs)
 
 
 # ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class WorkerPool:
         self.proc: Any = None
         self.conn: Any = None
         self.env: dict[str, str] | None = None
-        self._pending_warm = False
+        self._pending = 0  # answers to requests sent ahead (warm, prepare), dropped by the next call
 
     def _start(self, env: dict[str, str]) -> None:
         from trtsweep import worker
@@ -55,7 +55,7 @@ class WorkerPool:
             self.proc.start()
         child.close()
         self.conn, self.env = parent, dict(env)
-        self._pending_warm = False
+        self._pending = 0
 
     def stop(self) -> None:
         """End the worker: it holds no unsent result, so it is killed after a moment's grace (exiting
@@ -85,9 +85,16 @@ class WorkerPool:
         if self.proc is not None and self.proc.is_alive():
             return
         self.ensure(env or {})
+        self.send_ahead("warm", None)
+
+    def send_ahead(self, kind: str, payload: Any) -> None:
+        """Have the live worker start on ``kind`` now; its answer (an error too: the request it prepares
+        meets the same one and reports it) is read and dropped by the next ``call``."""
+        if self.proc is None or not self.proc.is_alive():
+            return
         try:
-            self.conn.send(("warm", None))
-            self._pending_warm = True
+            self.conn.send((kind, payload))
+            self._pending += 1
         except (OSError, BrokenPipeError):
             self.kill()
 
@@ -107,8 +114,7 @@ class WorkerPool:
             self.kill()
             raise TrialFailure(f"worker unreachable: {e}") from None
         deadline = time.monotonic() + timeout_s
-        warm_reply_pending = self._pending_warm
-        self._pending_warm = False
+        pending, self._pending = self._pending, 0
         import psutil
 
         ps = psutil.Process(self.proc.pid)
@@ -118,8 +124,8 @@ class WorkerPool:
                     msg = self.conn.recv()
                 except (EOFError, OSError):
                     msg = None
-                if msg is not None and warm_reply_pending:  # the prewarm's answer comes first
-                    warm_reply_pending = False
+                if msg is not None and pending:  # the answers to requests sent ahead come first
+                    pending -= 1
                     continue
                 if msg is not None:
                     if msg[0] == "ok":
@@ -255,6 +261,18 @@ def execute(spec: TrialSpec) -> TrialResult:
         result.mlflow_run_ids = previous.mlflow_run_ids
     save_result(result, spec.cache_dir)
     return result
+
+
+def prepare(specs: list[TrialSpec]) -> None:
+    """Have the warm worker resolve the model and load the data of the first trial that will run, while
+    the sweep still opens MLflow (nothing is timed: the trial finds both in memory)."""
+    spec = next((s for s in specs if not s.skip_reason), None)
+    p = _POOL
+    if spec is None or p is None or p.proc is None or not p.proc.is_alive():
+        return
+    env = worker_env(spec)
+    if env is None or env == p.env:  # else the trial needs a fresh worker anyway
+        p.send_ahead("prepare", {"spec": spec.to_dict()})
 
 
 def resolve_model(spec: TrialSpec) -> dict:

@@ -9,12 +9,14 @@ trial worker is stopped either way, and by :func:`fail` when a sweep stops befor
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -145,6 +147,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker = None
     parent = None
+    tables = _import_in_background("trtsweep.report")  # what the end of the sweep needs, while MLflow opens
     try:
         if tracker_future is not None:
             tracker = tracker_future.result()
@@ -161,6 +164,7 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
         _close_open_tracker()
     if tracker is not None:
         _OPEN["tracking"] = (tracking_config(cfg), tracker)
+    tables.join()  # before the first trial: nothing runs beside a measurement
     os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
     os.environ[ENV_TOTAL] = str(total)
     os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
@@ -171,6 +175,19 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
              f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
     return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg))
+
+
+def _import_in_background(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a thread (an error is left for the real import to raise)."""
+
+    def run() -> None:
+        for m in modules:
+            with suppress(Exception):
+                importlib.import_module(m)
+
+    thread = threading.Thread(target=run, name="trtsweep-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:

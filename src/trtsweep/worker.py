@@ -46,8 +46,8 @@ def serve(conn, env: dict[str, str]) -> None:
         if kind == "stop":
             return
         try:
-            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "confirm_load": confirm_load,
-                       "confirm_run": confirm_run, "confirm_close": confirm_close}[kind]
+            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "prepare": prepare,
+                       "confirm_load": confirm_load, "confirm_run": confirm_run, "confirm_close": confirm_close}[kind]
             conn.send(("ok", handler(payload)))
         except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
             from trtsweep.errors import one_line
@@ -62,6 +62,17 @@ def warm(_: Any = None) -> bool:
     """Import TensorFlow ahead of the first request (sent when a sweep starts)."""
     import tensorflow  # noqa: F401 - imported for its side effect: the next trial starts without the wait
 
+    return True
+
+
+def prepare(payload: dict) -> bool:
+    """Resolve a trial's model and load its data ahead of it (kept in memory for the trial)."""
+    from trtsweep.config import TrialSpec
+    from trtsweep.types import ModelInfo
+
+    spec = TrialSpec.from_dict(payload["spec"])
+    model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
+    _dataset(spec, model)
     return True
 
 

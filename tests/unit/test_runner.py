@@ -88,7 +88,7 @@ def test_prewarm_leaves_a_live_worker_alone():
     pool = runner.WorkerPool()
     pool.proc, pool.conn, pool.env = _FakeProcess(), SimpleNamespace(send=sent.append), {}
     pool.prewarm()  # e.g. the entry point warmed it, then the sweeper asks again
-    assert sent == [] and not pool._pending_warm  # one warm-up answer pending at most, never two
+    assert sent == [] and pool._pending == 0  # one warm-up answer pending at most, never two
 
 
 def test_the_worker_does_not_run_the_parents_main_script(tmp_path):
@@ -110,3 +110,24 @@ def test_the_worker_does_not_run_the_parents_main_script(tmp_path):
     res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert not marker.exists()
+
+
+def test_requests_sent_ahead_are_answered_first_and_their_answers_dropped(cache_dir, digits_model):
+    """The sweep has the worker load the first trial's data while it opens MLflow; a request sent ahead
+    that fails is dropped too (the trial it prepares meets the same error and reports it)."""
+    from trtsweep.config import DataConfig
+
+    runner.stop_pool()
+    pool = runner.pool()
+    pool.ensure({})
+    skipped, bad = spec(cache_dir), spec(cache_dir)
+    skipped.skip_reason = "not here"
+    bad.data = DataConfig(name="file", path="/no/such/data.npz")
+    runner.prepare([skipped])
+    assert pool._pending == 0  # nothing will run: nothing to prepare
+    runner.prepare([skipped, bad])
+    runner.prepare([spec(cache_dir)])
+    assert pool._pending == 2
+    assert pool.call("confirm_close", None, None, 120, 0) is True  # the two earlier answers were dropped
+    assert pool._pending == 0
+    runner.stop_pool()
