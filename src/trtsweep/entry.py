@@ -33,13 +33,16 @@ def app(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    """Run the Hydra app on ``sys.argv``.  The trial worker starts first: it imports TensorFlow
-    (seconds) while Hydra starts, composes and plans; a sweep that stops before its first trial stops
-    it (:func:`trtsweep.session.fail`, or at exit)."""
-    if not any(a.split("=", 1)[0] in PRINT_ONLY for a in sys.argv[1:]):
-        from trtsweep import runner
+    """Run the Hydra app on ``sys.argv``.  The trial worker and MLflow's process start first: they
+    import TensorFlow and MLflow (seconds each) while Hydra starts, composes and plans; a sweep that
+    stops before its first trial stops them (:func:`trtsweep.session.fail`, or at exit)."""
+    args = sys.argv[1:]
+    if not any(a.split("=", 1)[0] in PRINT_ONLY for a in args):
+        from trtsweep import mlflow_process, runner
 
         runner.pool().prewarm()
+        if "tracking=none" not in args:
+            mlflow_process.prestart()  # imports MLflow; opens nothing until a sweep sends its settings
     app()
 
 

@@ -105,3 +105,26 @@ def test_the_process_exits_when_let_go_and_the_caller_never_imports_mlflow(tmp_p
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "0"
+
+
+def test_a_prestarted_process_opens_nothing_until_a_sweep_sends_its_settings(tmp_path, monkeypatch):
+    from trtsweep import mlflow_process
+
+    monkeypatch.chdir(tmp_path)
+    mlflow_process.prestart()
+    mlflow_process.prestart()  # one at a time
+    assert len(mlflow_process._PRESTARTED) == 1
+    started = mlflow_process._PRESTARTED[0].proc
+    time.sleep(3)  # importing MLflow meanwhile
+    assert list(tmp_path.iterdir()) == []  # no database before the settings: a sweep that stops leaves nothing
+    tracker = RemoteTracker(TrackingConfig(uri="sqlite:///mlflow.db", experiment="x"))
+    try:
+        assert tracker.proc is started and not mlflow_process._PRESTARTED
+        assert tracker.parent_run("k", "n") and (tmp_path / "mlflow.db").exists()
+    finally:
+        tracker.close()
+    assert started.wait(60) == 0
+    mlflow_process.prestart()
+    unused = mlflow_process._PRESTARTED[0].proc
+    mlflow_process._close_all()  # at exit: a process no sweep used just goes
+    assert unused.wait(60) == 0 and not mlflow_process._PRESTARTED
