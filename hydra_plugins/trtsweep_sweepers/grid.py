@@ -43,13 +43,12 @@ class TrtsweepGridSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         from trtsweep import runner
-        from trtsweep.app import job_config, plan_sweep, resolve_specs_models
+        from trtsweep.app import plan_is_valid, plan_sweep, resolve_specs_models
         from trtsweep.errors import ConfigError, one_line
-        from trtsweep.session import fail, open_tracker_early, sweep_key, sweep_session
+        from trtsweep.session import fail, sweep_key, sweep_session
 
         assert self.config is not None and self.hydra_context is not None
         runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed (if not yet)
-        open_tracker_early(job_config(self.config))  # and MLflow opens in its own process
         params_conf = self._parse_config() + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         try:
@@ -73,6 +72,7 @@ class TrtsweepGridSweeper(BasicSweeper):
             resolve_specs_models(plan.specs)  # from the caches, or in the worker
         except ConfigError as e:
             fail(str(e))
+        plan_is_valid(plan.specs, plan.configs[0] if plan.configs else {})
         for spec, job in zip(plan.specs, jobs, strict=True):
             if spec.skip_reason:
                 log.info("plan: skip %s — %s", " ".join(job), spec.skip_reason)

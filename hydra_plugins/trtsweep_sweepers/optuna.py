@@ -3,8 +3,7 @@ the accuracy check, instead of measuring the whole grid (docs/optuna.md).
 
 Hydra imports this module at every start, so it holds only the settings (:class:`OptunaSweeperConf`,
 registered as ``hydra/sweeper=optuna``) and a front class that imports the implementation when the
-sweeper is set up (after starting MLflow's process, which then opens during those imports).  The
-implementation lives in modules Hydra's plugin scan skips (``_``-prefixed):
+sweeper is built.  The implementation lives in modules Hydra's plugin scan skips (``_``-prefixed):
 ``_space`` (search space), ``_outcome`` (trial outcome), ``_study`` (sampler, storage, heartbeat),
 ``_report`` (best trial, table, plots) and ``_impl`` (the sweep).
 No ``from __future__ import annotations`` (Hydra's dataclass scan).
@@ -49,24 +48,11 @@ ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSw
 class OptunaSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         """``conf``: the fields of :class:`OptunaSweeperConf` (any left out take its defaults)."""
-        self._conf = OptunaSweeperConf(**conf)
-        self._impl: Any = None
+        from ._impl import OptunaSweeperImpl  # the heavy imports, only when a sweep runs
 
-    @property
-    def sweeper(self) -> Any:
-        """The implementation (``_impl``), imported when first needed: the heavy imports, only when a
-        sweep runs."""
-        if self._impl is None:
-            from ._impl import OptunaSweeperImpl
-
-            self._impl = OptunaSweeperImpl(self._conf)
-        return self._impl
+        self.sweeper = OptunaSweeperImpl(OptunaSweeperConf(**conf))
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from trtsweep.app import job_config
-        from trtsweep.session import open_tracker_early
-
-        open_tracker_early(job_config(config))  # MLflow opens in its own process during the imports below
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:

@@ -66,12 +66,23 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
             raise ConfigError(f"{e}" + (f" (job #{i})" if len(plain) > 1 else "")) from None
     if resolve_models:
         resolve_specs_models(specs)
+        plan_is_valid(specs, plain[0] if plain else {})
     return Plan(specs, plain, batch_sizes)
 
 
+def plan_is_valid(specs: list[TrialSpec], cfg: dict) -> None:
+    """Every trial of the sweep passed its checks: MLflow now opens (its process imported it already,
+    and creates a new database's schema only now, so an invalid sweep leaves none behind) and the worker
+    loads the first trial's data, while the sweeper does the rest of its start-up."""
+    from trtsweep import runner
+    from trtsweep.session import open_tracker_early
+
+    open_tracker_early(cfg)
+    runner.prepare(specs)
+
+
 def resolve_specs_models(specs: list[TrialSpec]) -> None:
-    """Build/read each distinct model once, so a bad signature or dimension fails before any trial; then
-    the worker loads the first trial's data ahead of it."""
+    """Build/read each distinct model once, so a bad signature or dimension fails before any trial."""
     from trtsweep import runner
 
     seen = set()
@@ -85,7 +96,6 @@ def resolve_specs_models(specs: list[TrialSpec]) -> None:
             runner.resolve_model(spec)
         except runner.TrialFailure as f:
             raise ConfigError(f.reason) from None
-    runner.prepare(specs)
 
 
 # ---------------------------------------------------------------------------
@@ -174,4 +184,4 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
     return JobResult.of(result, ctx.parent_run_id)
 
 
-__all__ = ["job_config", "plan_sweep", "resolve_specs_models", "run_job"]
+__all__ = ["job_config", "plan_is_valid", "plan_sweep", "resolve_specs_models", "run_job"]
