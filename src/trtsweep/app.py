@@ -68,6 +68,7 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
     say_plan_notes(specs)
     if resolve_models:
         resolve_specs_models(specs)
+        plan_is_valid(specs, plain[0] if plain else {})
     return Plan(specs, plain, batch_sizes)
 
 
@@ -81,6 +82,17 @@ def say_plan_notes(specs: Sequence[TrialSpec]) -> None:
         if note not in _SAID:
             _SAID.add(note)
             log.info("plan: %s", note)
+
+
+def plan_is_valid(specs: list[TrialSpec], cfg: dict) -> None:
+    """Every trial of the sweep passed its checks: MLflow now opens (its process imported it already,
+    and creates a new database's schema only now, so an invalid sweep leaves none behind) and the worker
+    loads the first trial's data, while the sweeper does the rest of its start-up."""
+    from trtsweep import runner
+    from trtsweep.session import open_tracker_early
+
+    open_tracker_early(cfg)
+    runner.prepare(specs)
 
 
 def resolve_specs_models(specs: list[TrialSpec]) -> None:
@@ -188,4 +200,4 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
     return JobResult.of(result, ctx.parent_run_id)
 
 
-__all__ = ["job_config", "plan_sweep", "resolve_specs_models", "run_job"]
+__all__ = ["job_config", "plan_is_valid", "plan_sweep", "resolve_specs_models", "run_job"]

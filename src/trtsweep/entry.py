@@ -20,11 +20,30 @@ from omegaconf import DictConfig
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+#: Hydra flags that only print something: no job runs, so no trial worker is started
+PRINT_ONLY = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
+              "--shell-completion")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict:
+def app(cfg: DictConfig) -> dict:
     from trtsweep.app import run_job
 
     return run_job(cfg)
+
+
+def main() -> None:
+    """Run the Hydra app on ``sys.argv``.  The trial worker and MLflow's process start first: they
+    import TensorFlow and MLflow (seconds each) while Hydra starts, composes and plans; a sweep that
+    stops before its first trial stops them (:func:`trtsweep.session.fail`, or at exit)."""
+    args = sys.argv[1:]
+    if not any(a.split("=", 1)[0] in PRINT_ONLY for a in args):
+        from trtsweep import mlflow_process, runner
+
+        runner.pool().prewarm()
+        if "tracking=none" not in args:
+            mlflow_process.prestart()  # imports MLflow; opens nothing until a sweep sends its settings
+    app()
 
 
 def run(args: Sequence[str], prog: str = "trtsweep sweep") -> None:

@@ -9,12 +9,14 @@ trial worker is stopped either way, and by :func:`fail` when a sweep stops befor
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -73,17 +75,59 @@ def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: in
 
 
 def joined_sweep(cfg: dict) -> SweepContext:
-    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`)."""
+    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`).  A job
+    that runs in the sweep's own process logs through the sweep's open MLflow client (MLflow is opened
+    once per sweep); a job elsewhere (another launcher) opens its own.  It logs into the sweep's
+    experiment (its own config may name another model)."""
     from trtsweep.mlflow_view import ENV_VARYING, parse_env
 
     ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None,
                        varying=parse_env(os.environ.get(ENV_VARYING)))
     if ctx.parent_run_id:
         try:
-            ctx.tracker = _tracker(cfg, os.environ.get(ENV_EXPERIMENT))
+            ctx.tracker = _open_tracker(cfg, os.environ.get(ENV_EXPERIMENT))
         except Exception as e:  # noqa: BLE001 - the result is still cached and written to results.csv
             log.error("MLflow unavailable: %s", one_line(e))
     return ctx
+
+
+#: the MLflow client of the sweep this process runs, with its tracking settings (open_tracker_early or
+#: start_sweep .. finish_sweep)
+_OPEN: dict[str, Any] = {}
+
+
+def open_tracker_early(cfg: dict) -> None:
+    """Start MLflow (its own process: import and schema take seconds) as soon as a sweeper knows the
+    tracking settings, before its own start-up work; the sweep it then starts uses it when its settings
+    are the same.  Nothing is raised here: a bad setting is reported when the sweep starts."""
+    try:
+        tcfg = tracking_config(cfg)
+        if tcfg.enabled and "tracking" not in _OPEN:
+            _OPEN["tracking"] = (tcfg, _tracker(cfg))
+    except Exception:  # start_sweep opens MLflow again and reports the error
+        log.debug("MLflow not opened early", exc_info=True)
+
+
+def _tracking(cfg: dict, experiment: str | None = None):
+    tcfg = tracking_config(cfg)
+    if experiment:
+        tcfg.experiment = experiment
+    return tcfg
+
+
+def _open_tracker(cfg: dict, experiment: str | None = None):
+    """The tracker this process opened for these settings, else a new one."""
+    open_cfg, tracker = _OPEN.get("tracking", (None, None))
+    if tracker is not None and open_cfg == _tracking(cfg, experiment):
+        return tracker
+    return _tracker(cfg, experiment)
+
+
+def _close_open_tracker() -> None:
+    _, tracker = _OPEN.pop("tracking", (None, None))
+    close = getattr(tracker, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass
@@ -102,24 +146,15 @@ def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
 
 
 def _tracker(cfg: dict, experiment: str | None = None):
-    tcfg = tracking_config(cfg)
+    """A tracker for ``cfg``'s settings (None: tracking is off), in ``experiment`` if given.  It opens
+    MLflow in a process of its own and returns at once; its first call waits until MLflow is open
+    (:mod:`trtsweep.mlflow_process`)."""
+    tcfg = _tracking(cfg, experiment)
     if not tcfg.enabled:
         return None
-    if experiment:
-        tcfg.experiment = experiment
-    from trtsweep.tracking import Tracker
+    from trtsweep.mlflow_process import RemoteTracker
 
-    return Tracker(tcfg)
-
-
-def tracker_in_background(cfg: dict):
-    """Open MLflow (import + schema check/creation take seconds) while the worker imports TensorFlow."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    ex = ThreadPoolExecutor(1, thread_name_prefix="trtsweep-mlflow")
-    fut = ex.submit(_tracker, cfg)
-    ex.shutdown(wait=False)
-    return fut
+    return RemoteTracker(tcfg)
 
 
 def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
@@ -128,9 +163,15 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker = None
     parent = None
+    tables = _import_in_background("trtsweep.report")  # what the end of the sweep needs, while MLflow opens
     try:
-        tracker = tracker_future.result() if tracker_future is not None else _tracker(cfg)
-        if tracker is not None:
+        if tracker_future is not None:
+            tracker = tracker_future.result()
+        else:
+            tracker = _open_tracker(cfg)
+            if tracker is not _OPEN.get("tracking", (None, None))[1]:
+                _close_open_tracker()  # opened early for other settings
+        if tracker is not None:  # waits until MLflow is open: it never runs beside a measurement
             parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
     except Exception as e:
         if tracking_config(cfg).required:  # trtsweep nightly: no history to compare with, no point measuring
@@ -141,6 +182,10 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
         log.error("MLflow unavailable, continuing without it: %s", one_line(e))
         log.debug("MLflow error", exc_info=True)
         tracker = None
+        _close_open_tracker()
+    if tracker is not None:
+        _OPEN["tracking"] = (_tracking(cfg, tracker.cfg.experiment), tracker)  # its jobs log into its experiment
+    tables.join()  # before the first trial: nothing runs beside a measurement
     os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
     os.environ[ENV_TOTAL] = str(total)
     os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
@@ -158,6 +203,19 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
              f", MLflow parent run {parent} at {tracker.uri}" if parent else "")
     return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg), varying=varying)
+
+
+def _import_in_background(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a thread (an error is left for the real import to raise)."""
+
+    def run() -> None:
+        for m in modules:
+            with suppress(Exception):
+                importlib.import_module(m)
+
+    thread = threading.Thread(target=run, name="trtsweep-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
@@ -240,6 +298,7 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
         except Exception as e:  # noqa: BLE001 - results.csv holds the sweep; the worker must still be stopped
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     runner.stop_pool()
+    _close_open_tracker()  # every call was answered: MLflow's process exits
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET, ENV_EXPERIMENT,
                 "TRTSWEEP_VARYING"):
         os.environ.pop(var, None)
@@ -248,10 +307,9 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
 
 def _publish(ctx: SweepContext, df: Any, records: list[dict]) -> None:
     """The sweep for the MLflow UI (trtsweep.mlflow_view): the parent's axes, description, best run."""
-    from trtsweep.mlflow_view import publish_sweep
-
     try:
-        publish_sweep(ctx.tracker, ctx.parent_run_id, df, records, ctx.sweep_dir, ctx.varying)
+        ctx.tracker.apply("trtsweep.mlflow_view:publish_sweep", ctx.parent_run_id, df, records, ctx.sweep_dir,
+                          ctx.varying)
     except Exception as e:  # a view of the sweep; results.csv holds it
         log.error("could not describe the sweep in MLflow: %s", one_line(e))
         log.debug("MLflow view error", exc_info=True)
@@ -274,9 +332,7 @@ def _register_winners(ctx: SweepContext, verdicts: list, records: list[dict]) ->
     with ``tracking.log_models``): :func:`trtsweep.mlflow_registry.register_winners`, which never raises."""
     tcfg = tracking_config(ctx.cfg)
     if tcfg.register_best and tcfg.log_models:
-        from trtsweep.mlflow_registry import register_winners
-
-        register_winners(ctx.tracker.client, verdicts, records, ctx.parent_run_id)
+        ctx.tracker.register_winners(verdicts, records, ctx.parent_run_id)
 
 
 def _child_runs(records: list[dict], parent: str) -> dict[str, str]:
