@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trtsweep.atomic import atomic_write_json
-from trtsweep.config import TrialSpec, plan_trial
+from trtsweep.config import TrialSpec, plan_trial, tracking_config
 from trtsweep.constraints import plan_notes
 from trtsweep.errors import ConfigError, one_line
 from trtsweep.results import MEASURED, JobResult, TrialResult, TrialStatus
@@ -92,7 +92,12 @@ def plan_is_valid(specs: list[TrialSpec], cfg: dict) -> None:
     from trtsweep.session import open_tracker_early
 
     open_tracker_early(cfg)
-    runner.prepare(specs)
+    try:
+        tcfg = tracking_config(cfg)
+        packages = tcfg.enabled and tcfg.log_models
+    except Exception:  # noqa: BLE001 - reported when the sweep starts
+        packages = False
+    runner.prepare(specs, mlflow_model=packages)
 
 
 def resolve_specs_models(specs: list[TrialSpec]) -> None:

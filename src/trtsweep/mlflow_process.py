@@ -8,7 +8,9 @@ TensorFlow import, and the sweep's process never imports MLflow at all.
 The process serves :class:`trtsweep.tracking.Tracker`'s methods, one call at a time, in order, and
 each call waits for its answer: callers get the same return values as from a ``Tracker``, and an
 MLflow failure is raised in the caller as :class:`TrackingError` with its one-line message.  So a
-sweep still logs each trial between trials, never while one is measured.
+sweep still logs each trial between trials, never while one is measured.  Where nothing is measured
+(the end of a sweep), :meth:`RemoteTracker.submit` sends a call without waiting: MLflow works in its
+process while the sweep's goes on (the HTML report), and ``.result()`` gives the call's outcome.
 
 The entry point starts the process before Hydra (:func:`prestart`): it imports MLflow then, and opens
 the database only when a sweep sends it the tracking settings, so a sweep that stops before (a typo,
@@ -20,6 +22,7 @@ leave the database unusable — and exits as soon as it finds its pipe closed.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -119,6 +122,25 @@ def prestart() -> None:
         _PRESTARTED.append(_Process())
 
 
+class Pending:
+    """A call sent to the MLflow process (:meth:`RemoteTracker.submit`)."""
+
+    def __init__(self, tracker: RemoteTracker):
+        self._tracker = tracker
+        self.reply: tuple | None = None
+
+    def result(self) -> Any:
+        """Wait for the call's answer: its return value, or TrackingError with MLflow's one-line error."""
+        if self.reply is None:
+            with self._tracker._lock:
+                self._tracker._answer_until(self)
+        assert self.reply is not None
+        status, value = self.reply
+        if status == "error":
+            raise TrackingError(value)
+        return value
+
+
 class RemoteTracker:
     """A :class:`~trtsweep.tracking.Tracker` whose MLflow work runs in a process of its own, started at
     construction (it returns at once; the first call waits until MLflow is open)."""
@@ -128,6 +150,7 @@ class RemoteTracker:
         self.uri = resolve_uri(cfg.uri)
         self._lock = threading.Lock()
         self._opened: tuple | None = None
+        self._pending: collections.deque[Pending] = collections.deque()  # sent, not yet answered, in order
         process = _PRESTARTED.pop() if _PRESTARTED else _Process()
         self.proc, self._requests, self._replies = process.proc, process.requests, process.replies
         _LIVE.add(self)
@@ -168,6 +191,11 @@ class RemoteTracker:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``Tracker.<method>(*args, **kwargs)`` in the MLflow process."""
+        return self.submit(method, *args, **kwargs).result()
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> Pending:
+        """Send ``Tracker.<method>(*args, **kwargs)`` to the MLflow process and return at once: it runs
+        there while the caller goes on (calls run in the order sent); ``.result()`` waits for it."""
         with self._lock:
             self._wait_open()
             try:
@@ -175,10 +203,18 @@ class RemoteTracker:
                 self._requests.flush()
             except (OSError, ValueError):
                 raise TrackingError(f"the MLflow process exited (code {self.proc.poll()})") from None
-            status, value = self._read()
-        if status == "error":
-            raise TrackingError(value)
-        return value
+            pending = Pending(self)
+            self._pending.append(pending)
+        return pending
+
+    def _answer_until(self, pending: Pending) -> None:
+        """Read the answers up to ``pending``'s (the lock is held)."""
+        while pending.reply is None:
+            first = self._pending.popleft()
+            try:
+                first.reply = self._read()
+            except TrackingError as e:
+                first.reply = ("error", str(e))
 
     def close(self) -> None:
         """Let the process go: it exits once it has answered (every call was answered already)."""

@@ -317,16 +317,17 @@ def judge(result: TrialResult, spec: TrialSpec) -> None:
         result.spec["constraints"] = asdict(spec.constraints)  # the bounds it was judged under
 
 
-def prepare(specs: list[TrialSpec]) -> None:
+def prepare(specs: list[TrialSpec], mlflow_model: bool = False) -> None:
     """Have the warm worker resolve the model and load the data of the first trial that will run, while
-    the sweep still opens MLflow (nothing is timed: the trial finds both in memory)."""
+    the sweep still opens MLflow (nothing is timed: the trial finds both in memory); with
+    ``mlflow_model`` (the trials package MLflow models), import what packaging needs too."""
     spec = next((s for s in specs if not s.skip_reason), None)
     p = _POOL
     if spec is None or p is None or p.proc is None or not p.proc.is_alive():
         return
     env = worker_env(spec)
     if env is None or env == p.env:  # else the trial needs a fresh worker anyway
-        p.send_ahead("prepare", {"spec": spec.to_dict()})
+        p.send_ahead("prepare", {"spec": spec.to_dict(), "mlflow_model": mlflow_model})
 
 
 def resolve_model(spec: TrialSpec) -> dict:

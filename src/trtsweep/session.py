@@ -163,7 +163,8 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tracker = None
     parent = None
-    tables = _import_in_background("trtsweep.report")  # what the end of the sweep needs, while MLflow opens
+    # what the end of the sweep needs (its tables, the HTML report and its plots), while MLflow opens
+    tables = _import_in_background("trtsweep.report", "trtsweep.html_report")
     try:
         if tracker_future is not None:
             tracker = tracker_future.result()
@@ -269,6 +270,8 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     verdicts = confirm_winners(ctx, records) if status == FINISHED else []
     df = report.apply_confirmation(report.table(records), verdicts)
     paths = report.write(df, ctx.sweep_dir) if not df.empty else []
+    # MLflow's part of the end runs in its process while this one writes the report (nothing is measured now)
+    logging_end = _log_sweep_end(ctx, df, records, verdicts) if ctx.tracker is not None and ctx.parent_run_id else []
     pages = write_html_report(ctx.sweep_dir) if status == FINISHED and not df.empty else []  # Ctrl-C: no wait
     if not df.empty:
         print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df)
@@ -282,15 +285,12 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
             if not best.empty:
                 b = best.sort_values("throughput_ips").iloc[-1]
                 summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
-            if verdicts:
+            for what, call in logging_end:
                 try:
-                    ctx.tracker.log_confirmation(ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
-                                                 ctx.sweep_dir / "best.yaml")
-                except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
-                    log.error("could not log the confirmation to MLflow: %s", one_line(e))
-                _register_winners(ctx, verdicts, records)
-            if not df.empty:
-                _publish(ctx, df, records)
+                    call.result()
+                except Exception as e:  # best.yaml and results.csv hold it; still finish the parent
+                    log.error("could not %s: %s", what, one_line(e))
+                    log.debug("MLflow error", exc_info=True)
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1] + pages, status=status)
             from trtsweep.mlflow_view import ui_link
 
@@ -305,14 +305,48 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     return df
 
 
-def _publish(ctx: SweepContext, df: Any, records: list[dict]) -> None:
-    """The sweep for the MLflow UI (trtsweep.mlflow_view): the parent's axes, description, best run."""
-    try:
-        ctx.tracker.apply("trtsweep.mlflow_view:publish_sweep", ctx.parent_run_id, df, records, ctx.sweep_dir,
-                          ctx.varying)
-    except Exception as e:  # a view of the sweep; results.csv holds it
-        log.error("could not describe the sweep in MLflow: %s", one_line(e))
-        log.debug("MLflow view error", exc_info=True)
+class _Done:
+    """A call made at once, its outcome kept for ``result()`` (a tracker that cannot run calls later)."""
+
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.value, self.error = None, None
+        try:
+            self.value = function(*args)
+        except Exception as e:  # noqa: BLE001 - raised by result(), as a submitted call's would be
+            self.error = e
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _submit(tracker: Any, method: str, *args: Any) -> Any:
+    """``tracker.<method>(*args)``, running in MLflow's process while the caller goes on where the
+    tracker can (:meth:`trtsweep.mlflow_process.RemoteTracker.submit`), else now; ``.result()``."""
+    if hasattr(tracker, "submit"):
+        sent = _Done(tracker.submit, method, *args)  # fails if MLflow's process is gone
+        return sent.value if sent.error is None else sent
+    return _Done(lambda: getattr(tracker, method)(*args))
+
+
+def _log_sweep_end(ctx: SweepContext, df: Any, records: list[dict], verdicts: list) -> list[tuple[str, Any]]:
+    """Send MLflow the end of the sweep (the confirmation, the winners registered, the sweep's view:
+    :func:`trtsweep.mlflow_view.publish_sweep`); each with what failed if it did, for ``finish_sweep``."""
+    calls = []
+    if verdicts:
+        calls.append(("log the confirmation to MLflow", _submit(
+            ctx.tracker, "log_confirmation", ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
+            ctx.sweep_dir / "best.yaml")))
+        tcfg = tracking_config(ctx.cfg)
+        if tcfg.register_best and tcfg.log_models:  # their logged models exist with tracking.log_models
+            calls.append(("register the winners in MLflow", _submit(
+                ctx.tracker, "register_winners", verdicts, records, ctx.parent_run_id)))
+    if not df.empty:
+        calls.append(("describe the sweep in MLflow", _submit(
+            ctx.tracker, "apply", "trtsweep.mlflow_view:publish_sweep", ctx.parent_run_id, df, records,
+            ctx.sweep_dir, ctx.varying)))
+    return calls
 
 
 def write_html_report(sweep_dir: Path) -> list[Path]:
@@ -325,14 +359,6 @@ def write_html_report(sweep_dir: Path) -> list[Path]:
         log.error("could not write the HTML report: %s", one_line(e))
         log.debug("report error", exc_info=True)
         return []
-
-
-def _register_winners(ctx: SweepContext, verdicts: list, records: list[dict]) -> None:
-    """The confirmed winners in the Model Registry (``tracking.register_best``; their logged models exist
-    with ``tracking.log_models``): :func:`trtsweep.mlflow_registry.register_winners`, which never raises."""
-    tcfg = tracking_config(ctx.cfg)
-    if tcfg.register_best and tcfg.log_models:
-        ctx.tracker.register_winners(verdicts, records, ctx.parent_run_id)
 
 
 def _child_runs(records: list[dict], parent: str) -> dict[str, str]:

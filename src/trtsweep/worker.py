@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,20 @@ def prepare(payload: dict) -> bool:
     spec = TrialSpec.from_dict(payload["spec"])
     model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
     _dataset(spec, model)
+    if payload.get("mlflow_model"):  # the trials package MLflow models: MLflow's import and package map now
+        _prepare_mlflow_models()
     return True
+
+
+def _prepare_mlflow_models() -> None:
+    """Import MLflow's pyfunc and build its map of installed packages (it checks a model's requirements
+    against it when saving one: seconds, once per process), ahead of the first trial."""
+    import mlflow.pyfunc  # noqa: F401
+
+    with suppress(Exception):  # MLflow's own; without it the first model's save builds the map
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+        _init_modules_to_packages_map()
 
 
 def resolve_model(payload: dict):

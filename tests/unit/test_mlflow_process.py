@@ -67,6 +67,36 @@ def test_an_mlflow_failure_is_raised_in_the_caller_and_the_next_call_works(remot
     assert tracker.parent_run("another-key", "another sweep")
 
 
+def test_submitted_calls_run_in_order_while_the_caller_goes_on_each_with_its_own_outcome(remote):
+    from mlflow.tracking import MlflowClient
+
+    tracker, db = remote
+    parent = tracker.parent_run("submit-key", "submitted")
+    first = tracker.submit("tag", parent, {"step": "1"})
+    bad = tracker.submit("tag", "no-such-run", {"a": 1})
+    last = tracker.submit("tag", parent, {"step": "2"})
+    assert tracker.run_tags(parent)["step"] == "2"  # a call waits for those sent before it: they ran, in order
+    assert first.result() is None and last.result() is None
+    with pytest.raises(TrackingError, match="no-such-run"):
+        bad.result()  # only the failed call raises, when its outcome is asked for
+    client = MlflowClient(f"sqlite:///{db}")
+    assert tracker.experiment_id == client.get_experiment_by_name("remote").experiment_id
+
+
+def test_work_that_needs_the_client_runs_in_mlflows_process(remote):
+    tracker, _ = remote
+    parent = tracker.parent_run("apply-key", "applied")
+    # Tracker.apply: module:function(tracker, ...) where the tracker is (this module is on the process's path)
+    pid = tracker.apply(f"{__name__}:_process_of", parent)
+    assert pid == tracker.proc.pid != os.getpid()
+
+
+def _process_of(tracker, parent: str) -> int:
+    """Runs in MLflow's process (Tracker.apply): its pid, once it read the parent run through the client."""
+    assert tracker.client.get_run(parent).info.run_id == parent
+    return os.getpid()
+
+
 def test_mlflow_that_cannot_open_is_reported_at_every_call(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -126,3 +126,31 @@ def test_mlflow_opened_early_is_the_sweeps_when_its_settings_are_the_same(tmp_pa
     session.open_tracker_early({"tracking": {"enabled": False}})
     session.open_tracker_early({"tracking": {"uri": 3.5, "no_such_key": 1}})  # reported when the sweep starts
     assert len(opened) == 3
+
+
+def test_mlflow_logs_the_end_of_a_sweep_while_the_report_is_written_and_a_failure_there_is_one_line(
+        tmp_path, monkeypatch, caplog):
+    class Submitting(FakeTracker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[str] = []
+
+        def submit(self, method: str, *args):
+            self.sent.append(method)
+
+            def result():
+                raise RuntimeError("MLflow said no")
+
+            return SimpleNamespace(result=result)
+
+    tracker = Submitting()
+    sent_before_report = []
+    monkeypatch.setattr(session, "confirm_winners", lambda ctx, records: [])
+    monkeypatch.setattr(session, "write_html_report", lambda d: sent_before_report.extend(tracker.sent) or [])
+    _trial(tmp_path / "s", "k1", "tf", 100.0)
+    ctx = session.start_sweep({}, tmp_path / "s", "key", "name", 1, [1],
+                              tracker_future=SimpleNamespace(result=lambda: tracker))
+    session.finish_sweep(ctx)
+    assert sent_before_report == ["apply"]  # the sweep's MLflow view was on its way before the report began
+    assert "could not describe the sweep in MLflow: RuntimeError: MLflow said no" in caplog.text
+    assert tracker.finished == [session.FINISHED]  # the parent is still finished
