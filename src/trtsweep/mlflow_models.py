@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,9 @@ def _save(path: Path, spec: Any, engine: Any, model: Any, ds: Any, artifact: Pat
     # inputs only for now: no flavor runs the model to infer the rest; the outputs come from the check below.
     # The input example is added once the model is checked: MLflow writes it as JSON and reads it back
     # on every load (seconds for an image batch), and it is the same for every trial of the model
-    module.save_model(path=str(path), signature=infer_signature(x), **args)
+    with warnings.catch_warnings():  # "an input example was not provided": it is, below
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        module.save_model(path=str(path), signature=infer_signature(x), **args)
     # its requirements were checked against this environment when it was saved
     predicted = mlflow.pyfunc.load_model(str(path), suppress_warnings=True).predict(x)
     _check(predicted, measured, spec)
