@@ -21,10 +21,17 @@ def host_line() -> str:
     return f"host: {f['host.cpu_model']} | flags {f['host.cpu_flags']} | {f['host.cores']} cores"
 
 
+def child_pythonpath() -> str:
+    """This checkout's ``src`` and root first, then the caller's PYTHONPATH made absolute: the sweep runs
+    in another directory, and must run the same code as ``ROOT / "sweep.py"``."""
+    given = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys([str(ROOT / "src"), str(ROOT), *given]))
+
+
 def run_sweep(overrides: list[str], workdir: Path) -> tuple[float, pd.DataFrame, str]:
     """Run ``python sweep.py`` in ``workdir``; returns (wall seconds, results table, output)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=child_pythonpath())
     env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *overrides], cwd=workdir, env=env,

@@ -11,9 +11,10 @@
 
 
 import logging
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -42,12 +43,12 @@ class TrtsweepGridSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         from trtsweep import runner
-        from trtsweep.app import job_config, plan_sweep, resolve_specs_models
+        from trtsweep.app import plan_is_valid, plan_sweep, resolve_specs_models
         from trtsweep.errors import ConfigError, one_line
-        from trtsweep.session import fail, sweep_key, sweep_session, tracker_in_background
+        from trtsweep.session import fail, sweep_key, sweep_session
 
         assert self.config is not None and self.hydra_context is not None
-        runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed
+        runner.pool().prewarm()  # TensorFlow imports in the worker while configs are composed (if not yet)
         params_conf = self._parse_config() + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         try:
@@ -68,10 +69,10 @@ class TrtsweepGridSweeper(BasicSweeper):
             fail(" ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
         try:
             plan = plan_sweep(configs, resolve_models=False)  # cheap checks first: a typo fails at once
-            tracker_future = tracker_in_background(job_config(configs[0])) if configs else None
-            resolve_specs_models(plan.specs)  # TensorFlow work in the worker while MLflow opens
+            resolve_specs_models(plan.specs)  # from the caches, or in the worker
         except ConfigError as e:
             fail(str(e))
+        plan_is_valid(plan.specs, plan.configs[0] if plan.configs else {})
         for spec, job in zip(plan.specs, jobs, strict=True):
             if spec.skip_reason:
                 log.info("plan: skip %s — %s", " ".join(job), spec.skip_reason)
@@ -79,10 +80,10 @@ class TrtsweepGridSweeper(BasicSweeper):
         name = str(base.get("name", "adhoc"))
         with sweep_session(base, Path(self.config.hydra.sweep.dir), sweep_key(name, params_conf),
                            f"{name}: {' '.join(params_conf)}"[:250], len(jobs), plan.batch_sizes,
-                           tags={"sweeper": "grid"}, tracker_future=tracker_future, multirun_config=self.config,
-                           varying=sweep_varying(plan)):
+                           tags={"sweeper": "grid"}, multirun_config=self.config, varying=sweep_varying(plan)):
             self._planned = True
-            return self._launch(jobs)
+            with planned_configs(self.launcher, self.config, jobs, configs):
+                return self._launch(jobs)
 
     def _launch(self, jobs: List[List[str]]) -> List[Any]:
         """Hydra's basic sweeper's loop, over the planned (filtered, de-duplicated) jobs."""
@@ -105,6 +106,42 @@ def sweep_varying(plan: Any) -> List[str]:
     from trtsweep.mlflow_view import varying_keys
 
     return varying_keys([mlflow_params(spec, cfg) for spec, cfg in zip(plan.specs, plan.configs, strict=True)])
+
+
+class _PlannedLoader:
+    """The config loader a launcher composes each job with, handing out the configs the sweeper composed
+    for its plan: ``load_sweep_config`` with the same master config and overrides composes the same
+    config, and composing takes a good part of a second.  Each is handed out once (the launcher sets the
+    job number on it); anything else is composed as usual."""
+
+    def __init__(self, loader: Any, master: Any, planned: Dict[Tuple[str, ...], Any]):
+        self._loader, self._master, self._planned = loader, master, planned
+
+    def load_sweep_config(self, master_config: Any, sweep_overrides: List[str]) -> Any:
+        if master_config is self._master:
+            cfg = self._planned.pop(tuple(sweep_overrides), None)
+            if cfg is not None:
+                return cfg
+        return self._loader.load_sweep_config(master_config, sweep_overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+@contextmanager
+def planned_configs(launcher: Any, master: Any, jobs: List[List[str]], configs: List[Any]) -> Iterator[None]:
+    """While the block runs, ``launcher`` (one that composes its jobs through its Hydra context's config
+    loader, as Hydra's basic launcher does) gets the planned configs instead of composing them again."""
+    context = getattr(launcher, "hydra_context", None)
+    if context is None or not hasattr(context, "config_loader"):
+        yield
+        return
+    planned = {tuple(job): cfg for job, cfg in zip(jobs, configs, strict=True)}
+    launcher.hydra_context = replace(context, config_loader=_PlannedLoader(context.config_loader, master, planned))
+    try:
+        yield
+    finally:
+        launcher.hydra_context = context
 
 
 def _split(override: str) -> Tuple[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from trtsweep import outcome
 from trtsweep.atomic import atomic_write_json
-from trtsweep.config import TrialSpec, plan_trial
+from trtsweep.config import TrialSpec, plan_trial, tracking_config
 from trtsweep.constraints import plan_notes
 from trtsweep.errors import ConfigError
 from trtsweep.plan_checks import MODEL_TIMEOUT_S, check_data_fits, check_job, check_sweeper
@@ -74,6 +74,7 @@ def plan_sweep(configs: Sequence[Any], resolve_models: bool = True) -> Plan:
     say_plan_notes(specs)
     if resolve_models:
         resolve_specs_models(specs)
+        plan_is_valid(specs, plain[0] if plain else {})
     return Plan(specs, plain, batch_sizes)
 
 
@@ -87,6 +88,22 @@ def say_plan_notes(specs: Sequence[TrialSpec]) -> None:
         if note not in _SAID:
             _SAID.add(note)
             log.info("plan: %s", note)
+
+
+def plan_is_valid(specs: list[TrialSpec], cfg: dict) -> None:
+    """Every trial of the sweep passed its checks: MLflow now opens (its process imported it already,
+    and creates a new database's schema only now, so an invalid sweep leaves none behind) and the worker
+    loads the first trial's data, while the sweeper does the rest of its start-up."""
+    from trtsweep import runner
+    from trtsweep.session import open_tracker_early
+
+    open_tracker_early(cfg)
+    try:
+        tcfg = tracking_config(cfg)
+        packages = tcfg.enabled and tcfg.log_models
+    except Exception:  # noqa: BLE001 - reported when the sweep starts
+        packages = False
+    runner.prepare(specs, mlflow_model=packages)
 
 
 def resolve_specs_models(specs: list[TrialSpec]) -> None:
@@ -196,4 +213,4 @@ def _run_trial(spec: TrialSpec, plain: dict, hc: Any, ctx: SweepContext) -> JobR
     return JobResult.of(result, ctx.parent_run_id)
 
 
-__all__ = ["job_config", "plan_sweep", "resolve_specs_models", "run_job"]
+__all__ = ["job_config", "plan_is_valid", "plan_sweep", "resolve_specs_models", "run_job"]

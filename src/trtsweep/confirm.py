@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -55,6 +56,7 @@ class Verdict:
     samples: dict[str, list[float]]  # key -> throughput of each round (items/s)
     stats: dict[str, dict] = field(default_factory=dict)  # key -> mean, CI, ratio to the fastest
     text: str = ""
+    time_s: float = 0.0  # wall time of this group's confirmation: loading the candidates and the rounds
 
     @property
     def is_tie(self) -> bool:
@@ -190,6 +192,7 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
         log.info("confirming %s: %d candidate(s) × %d interleaved rounds: %s", group, len(cands), rounds,
                  "; ".join(c.label + (" (TF FP32 reference for the speed-up)" if c.reference else "") for c in cands))
         workers = _Workers(runner)
+        started = time.perf_counter()
         try:
             for c in cands:
                 workers.call(c, "confirm_load", {"spec": c.spec, "key": c.key})
@@ -201,6 +204,7 @@ def run(records: Sequence[dict], top_k: int, rounds: int) -> list[Verdict]:
         finally:
             workers.close()
         v = decide(cands, samples, group, max_cv=float(cands[0].spec["measure"]["max_cv"]))
+        v.time_s = time.perf_counter() - started
         log.info(v.text)
         verdicts.append(v)
     return verdicts

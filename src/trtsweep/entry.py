@@ -30,21 +30,36 @@ mask_logs()  # every log record of a sweep, from its first, with URLs' passwords
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+#: Hydra flags that only print something: no job runs, so no trial worker is started
+PRINT_ONLY = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
+              "--shell-completion")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _app(cfg: DictConfig) -> dict:
+def app(cfg: DictConfig) -> dict:
     from trtsweep.app import run_job
 
     return run_job(cfg)
 
 
 def main() -> None:
-    """The Hydra app, then the exit code of its trials (1: none succeeded)."""
+    """Run the Hydra app on ``sys.argv``, then exit with the code of its trials (1: none succeeded).  The
+    trial worker and MLflow's process start first: they import TensorFlow and MLflow (seconds each) while
+    Hydra starts, composes and plans; a sweep that stops before its first trial stops them
+    (:func:`trtsweep.session.fail`, or at exit)."""
     from trtsweep import outcome
 
-    tflog.quiet_by_default()
+    tflog.quiet_by_default()  # before the worker starts: it inherits the environment
     outcome.reset()
+    args = sys.argv[1:]
+    if not any(a.split("=", 1)[0] in PRINT_ONLY for a in args):
+        from trtsweep import mlflow_process, runner
+
+        runner.pool().prewarm()
+        if "tracking=none" not in args:
+            mlflow_process.prestart()  # imports MLflow; opens nothing until a sweep sends its settings
     with _config_errors_in_one_line():
-        _app()
+        app()
     code = outcome.exit_code()
     if code:
         print(f"trtsweep: no trial succeeded ({outcome.summary()}); exit code {code}", file=sys.stderr, flush=True)

@@ -15,10 +15,12 @@ uploads it as a logged model.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from trtsweep.atomic import build_once
 from trtsweep.errors import TrtsweepError
+from trtsweep.identity import digest
 from trtsweep.safe_names import inside
 
 log = logging.getLogger(__name__)
@@ -88,17 +91,48 @@ def _save(path: Path, spec: Any, engine: Any, model: Any, ds: Any, artifact: Pat
         module = importlib.import_module(f"mlflow.{flavor}")
         args = {"pip_requirements": module.get_default_pip_requirements(),
                 **engine.mlflow_model_args(artifact, model, loaded)}
-    # inputs only for now: no flavor runs the model to infer the rest; the outputs come from the check below
-    module.save_model(path=str(path), input_example=x, signature=infer_signature(x), **args)
-    predicted = mlflow.pyfunc.load_model(str(path)).predict(x)
+    # inputs only for now: no flavor runs the model to infer the rest; the outputs come from the check below.
+    # The input example is added once the model is checked: MLflow writes it as JSON and reads it back
+    # on every load (seconds for an image batch), and it is the same for every trial of the model
+    with warnings.catch_warnings():  # "an input example was not provided": it is, below
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        module.save_model(path=str(path), signature=infer_signature(x), **args)
+    # its requirements were checked against this environment when it was saved
+    predicted = mlflow.pyfunc.load_model(str(path), suppress_warnings=True).predict(x)
     _check(predicted, measured, spec)
     meta = Model.load(str(path))
     meta.signature = infer_signature(x, predicted)
+    add_input_example(meta, x, path)
     meta.metadata = {**(meta.metadata or {}), "trtsweep_trial_key": spec.trial_key(), "trtsweep_engine": spec.engine,
                      "trtsweep_precision": spec.precision, "trtsweep_batch_size": spec.batch_size}
     meta.save(str(path / "MLmodel"))
     for cache in path.rglob("__pycache__"):  # copied with code_paths
         shutil.rmtree(cache, ignore_errors=True)
+
+
+#: the input example files of the examples packaged in this process: digest -> (metadata, file texts)
+_EXAMPLES: dict[str, tuple[dict, dict[str, str]]] = {}
+
+
+def add_input_example(meta: Any, x: Any, path: Path) -> None:
+    """Write ``x`` as the model's input example (``input_example.json`` and its serving input, as
+    ``save_model(input_example=x)`` writes them) and name it in ``meta``; the JSON is made once per
+    example in this process (a sweep's trials of one model share their example)."""
+    from mlflow.models.utils import _Example
+
+    arrays = x if isinstance(x, dict) else {"": x}
+    key = digest([[k, str(v.dtype), list(v.shape), hashlib.sha256(np.ascontiguousarray(v)).hexdigest()]
+                  for k, v in sorted(arrays.items())])
+    if key not in _EXAMPLES:
+        example = _Example(x)
+        texts = {example.info["artifact_path"]: example.json_input_example}
+        if example.json_serving_input:
+            texts[example.info["serving_input_path"]] = example.json_serving_input
+        _EXAMPLES[key] = (dict(example.info), texts)
+    info, texts = _EXAMPLES[key]
+    for name, text in texts.items():
+        (Path(path) / name).write_text(text)
+    meta.saved_input_example_info = dict(info)
 
 
 def _measured_outputs(loaded: Any, example: dict, batch_size: int, rows: int) -> list[np.ndarray]:

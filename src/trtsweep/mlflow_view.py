@@ -36,7 +36,8 @@ ENV_VARYING = "TRTSWEEP_VARYING"
 #: measurement bookkeeping kept in trial_report.json only, so that MLflow's chart view leads with
 #: throughput, latency and accuracy
 INTERNAL_METRICS = frozenset({"latency_min_ms", "timed_iterations", "timed_repeats", "load_time_s",
-                              "measure_time_s", "fidelity_time_s", "conversion_reused", "eval_samples"})
+                              "measure_time_s", "fidelity_time_s", "reference_time_s", "conversion_reused",
+                              "eval_samples"})
 STATUS_SUFFIX = {TrialStatus.FAILED: "FAILED", TrialStatus.SKIPPED: "SKIPPED", TrialStatus.PRUNED: "PRUNED",
                  TrialStatus.ACCURACY_VIOLATION: "VIOLATION", TrialStatus.INFEASIBLE: "INFEASIBLE"}
 _DERIVED = ("precision.", "model.", "tracking.", "hydra.")  # follow a key axis or the sweep itself

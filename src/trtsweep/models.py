@@ -7,12 +7,13 @@ under ``<cache_dir>/models/<name>-<config hash>`` behind a file lock, so concurr
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from trtsweep.atomic import build_once
+from trtsweep.atomic import atomic_write_json, build_once
 from trtsweep.config import DataConfig, ModelConfig, model_identity
 from trtsweep.data import digits_split, load
 from trtsweep.errors import ModelError, one_line
@@ -24,16 +25,67 @@ log = logging.getLogger(__name__)
 
 
 def resolve(cfg: ModelConfig, cache_dir: str | Path) -> ModelInfo:
-    """Build (or find in the cache) the model and read its signature."""
+    """Build (or find in the cache) the model and read its signature (once per SavedModel content:
+    later calls read it from ``<cache_dir>/models/signatures``, without loading the model)."""
     if cfg.source == "saved_model":
-        path = Path(cfg.path or "").expanduser().resolve()
-        if not path.is_dir():
-            raise ModelError(f"model.path={cfg.path} does not exist; fix: point model.path to a SavedModel directory")
+        path = _user_saved_model(cfg)
         fingerprint = model_fingerprint(path)
     else:
         path = _build_cached(cfg, Path(cache_dir))
         fingerprint = digest(model_identity(cfg))
+    sig_file = _signature_file(cfg, path, fingerprint, Path(cache_dir))
+    cached = _read_signature_file(sig_file)
+    if cached is not None:
+        return _info(cfg, path, fingerprint, *cached)
     inputs, outputs = read_signature(path, cfg.signature_key, cfg.input_shapes, cfg.name)
+    atomic_write_json(sig_file, {"inputs": [t.to_dict() for t in inputs], "outputs": [t.to_dict() for t in outputs]})
+    return _info(cfg, path, fingerprint, inputs, outputs)
+
+
+def resolve_cached(cfg: ModelConfig, cache_dir: str | Path) -> ModelInfo | None:
+    """:func:`resolve` from the caches alone, without TensorFlow (so a sweep can plan while its worker
+    is still importing it): None when the model is not built yet, its signature was never read, or
+    anything else needs the worker (which then reports it)."""
+    try:
+        if cfg.source == "saved_model":
+            path = _user_saved_model(cfg)
+            fingerprint = model_fingerprint(path)
+        else:
+            path = _generated_dir(cfg, Path(cache_dir))
+            if not (path / "saved_model.pb").exists():
+                return None
+            fingerprint = digest(model_identity(cfg))
+        cached = _read_signature_file(_signature_file(cfg, path, fingerprint, Path(cache_dir)))
+    except Exception:  # noqa: BLE001 - the worker resolves it and names the problem
+        return None
+    return None if cached is None else _info(cfg, path, fingerprint, *cached)
+
+
+def _user_saved_model(cfg: ModelConfig) -> Path:
+    path = Path(cfg.path or "").expanduser().resolve()
+    if not path.is_dir():
+        raise ModelError(f"model.path={cfg.path} does not exist; fix: point model.path to a SavedModel directory")
+    return path
+
+
+def _signature_file(cfg: ModelConfig, path: Path, fingerprint: str, cache_dir: Path) -> Path:
+    """Where the signature read from this SavedModel content is kept: keyed by the content itself
+    (:func:`model_fingerprint`, whatever the source), the signature key and the input shape overrides."""
+    content = fingerprint if cfg.source == "saved_model" else model_fingerprint(path)  # a user model's is it
+    key = digest([content, cfg.signature_key, cfg.input_shapes or {}])
+    return cache_dir / "models" / "signatures" / f"{key}.json"
+
+
+def _read_signature_file(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+    try:
+        d = json.loads(path.read_text())
+        return [TensorSpec.from_dict(t) for t in d["inputs"]], [TensorSpec.from_dict(t) for t in d["outputs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _info(cfg: ModelConfig, path: Path, fingerprint: str, inputs: list[TensorSpec],
+          outputs: list[TensorSpec]) -> ModelInfo:
     num_classes = cfg.num_classes
     if num_classes is None and outputs and len(outputs[0].shape) == 2 and outputs[0].shape[1]:
         num_classes = int(outputs[0].shape[1])
@@ -92,8 +144,12 @@ def read_signature(path: Path, key: str, overrides: dict, name: str) -> tuple[li
     return inputs, outputs
 
 
+def _generated_dir(cfg: ModelConfig, cache_dir: Path) -> Path:
+    return inside(cache_dir / "models", f"{cfg.name}-{digest(model_identity(cfg), 12)}", what="model.name")
+
+
 def _build_cached(cfg: ModelConfig, cache_dir: Path) -> Path:
-    target = inside(cache_dir / "models", f"{cfg.name}-{digest(model_identity(cfg), 12)}", what="model.name")
+    target = _generated_dir(cfg, cache_dir)
     with build_once(target, lambda t: (t / "saved_model.pb").exists()) as work:
         if work is not None:
             builder = {"digits_cnn": build_digits_cnn, "keras": build_keras_application,

@@ -12,7 +12,10 @@ import json
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ class WorkerPool:
         self.proc: Any = None
         self.conn: Any = None
         self.env: dict[str, str] | None = None
-        self._pending_warm = False
+        self._pending = 0  # answers to requests sent ahead (warm, prepare), dropped by the next call
 
     def _start(self, env: dict[str, str]) -> None:
         from trtsweep import worker
@@ -51,18 +54,20 @@ class WorkerPool:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(target=worker.serve, args=(child, env), daemon=True, name="trtsweep-worker")
-        self.proc.start()
+        with _main_script_hidden():
+            self.proc.start()
         child.close()
         self.conn, self.env = parent, dict(env)
-        self._pending_warm = False
+        self._pending = 0
 
     def stop(self) -> None:
-        """End the worker: it holds no unsent result, so a short grace period is enough."""
+        """End the worker: it holds no unsent result, so it is killed after a moment's grace (exiting
+        with TensorFlow loaded takes seconds, and nothing it would do then is worth the wait)."""
         if self.proc is not None:
             try:
                 if self.proc.is_alive():
                     self.conn.send(("stop", None))
-                    self.proc.join(0.5)
+                    self.proc.join(0.05)
             except (OSError, BrokenPipeError):
                 pass
             if self.proc.is_alive():
@@ -78,11 +83,21 @@ class WorkerPool:
 
     def prewarm(self, env: dict[str, str] | None = None) -> None:
         """Start a worker and have it import TensorFlow while the caller does other start-up work.
-        Its answer is read (and dropped) by the next ``call``."""
+        Its answer is read (and dropped) by the next ``call``.  A live worker is left as it is: it is
+        warm already, or warming."""
+        if self.proc is not None and self.proc.is_alive():
+            return
         self.ensure(env or {})
+        self.send_ahead("warm", None)
+
+    def send_ahead(self, kind: str, payload: Any) -> None:
+        """Have the live worker start on ``kind`` now; its answer (an error too: the request it prepares
+        meets the same one and reports it) is read and dropped by the next ``call``."""
+        if self.proc is None or not self.proc.is_alive():
+            return
         try:
-            self.conn.send(("warm", None))
-            self._pending_warm = True
+            self.conn.send((kind, payload))
+            self._pending += 1
         except (OSError, BrokenPipeError):
             self.kill()
 
@@ -102,8 +117,7 @@ class WorkerPool:
             self.kill()
             raise TrialFailure(f"worker unreachable: {e}") from None
         deadline = time.monotonic() + timeout_s
-        warm_reply_pending = self._pending_warm
-        self._pending_warm = False
+        pending, self._pending = self._pending, 0
         import psutil
 
         ps = psutil.Process(self.proc.pid)
@@ -113,8 +127,8 @@ class WorkerPool:
                     msg = self.conn.recv()
                 except (EOFError, OSError):
                     msg = None
-                if msg is not None and warm_reply_pending:  # the prewarm's answer comes first
-                    warm_reply_pending = False
+                if msg is not None and pending:  # the answers to requests sent ahead come first
+                    pending -= 1
                     continue
                 if msg is not None:
                     if msg[0] == "step":  # a trial's repeat finished: the search's verdict (trtsweep.steps)
@@ -139,10 +153,26 @@ class WorkerPool:
                 self.kill()
                 raise TrialFailure(f"timed out after {timeout_s:.0f} s (trial.timeout_s); the worker was killed")
 
-
     def _send_verdict(self, reason: str | None) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):  # the worker died: the poll loop sees it
             self.conn.send(("step_verdict", reason))
+
+
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Spawn runs the parent's main script (``sweep.py``: Hydra's import, a second of the worker's
+    start-up) in the child to find objects defined there; the worker's are all in ``trtsweep.worker``,
+    so the script is hidden from it while the child starts."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _describe_exit(code: int | None) -> str:
@@ -287,7 +317,27 @@ def judge(result: TrialResult, spec: TrialSpec) -> None:
         result.spec["constraints"] = asdict(spec.constraints)  # the bounds it was judged under
 
 
+def prepare(specs: list[TrialSpec], mlflow_model: bool = False) -> None:
+    """Have the warm worker resolve the model and load the data of the first trial that will run, while
+    the sweep still opens MLflow (nothing is timed: the trial finds both in memory); with
+    ``mlflow_model`` (the trials package MLflow models), import what packaging needs too."""
+    spec = next((s for s in specs if not s.skip_reason), None)
+    p = _POOL
+    if spec is None or p is None or p.proc is None or not p.proc.is_alive():
+        return
+    env = worker_env(spec)
+    if env is None or env == p.env:  # else the trial needs a fresh worker anyway
+        p.send_ahead("prepare", {"spec": spec.to_dict(), "mlflow_model": mlflow_model})
+
+
 def resolve_model(spec: TrialSpec) -> dict:
-    """Resolve a model in the worker (builds generated models once); raises TrialFailure with one line."""
+    """Resolve a model: from the caches in this process when they hold it (the worker may still be
+    importing TensorFlow), else in the worker (builds generated models once, reads the signature);
+    raises TrialFailure with one line."""
+    from trtsweep.models import resolve_cached
+
+    cached = resolve_cached(spec.model, spec.cache_dir)
+    if cached is not None:
+        return cached.to_dict()
     return pool().call("resolve", {"model": asdict(spec.model), "cache_dir": spec.cache_dir}, worker_env(spec),
                        spec.trial.timeout_s, spec.trial.max_memory_mb)

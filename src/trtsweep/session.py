@@ -9,12 +9,14 @@ trial worker is stopped either way, and by :func:`fail` when a sweep stops befor
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -92,14 +94,56 @@ def sweep_session(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: in
 
 
 def joined_sweep(cfg: dict) -> SweepContext:
-    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`)."""
+    """The sweep a job belongs to, from the environment its sweeper set (:func:`start_sweep`).  A job
+    that runs in the sweep's own process logs through the sweep's open MLflow client (MLflow is opened
+    once per sweep); a job elsewhere (another launcher) opens its own.  It logs into the sweep's
+    experiment (its own config may name another model)."""
     from trtsweep.mlflow_view import ENV_VARYING, parse_env
 
     ctx = SweepContext(Path(os.environ[ENV_SWEEP_DIR]), os.environ.get(ENV_PARENT), None,
                        varying=parse_env(os.environ.get(ENV_VARYING)))
     if ctx.parent_run_id:  # MLflow down: None at once (trtsweep.sync keeps what it misses)
-        ctx.tracker = sync.job_tracker(cfg, lambda: _tracker(cfg, os.environ.get(ENV_EXPERIMENT)))
+        ctx.tracker = sync.job_tracker(cfg, lambda: _open_tracker(cfg, os.environ.get(ENV_EXPERIMENT)))
     return ctx
+
+
+#: the MLflow client of the sweep this process runs, with its tracking settings (open_tracker_early or
+#: start_sweep .. finish_sweep)
+_OPEN: dict[str, Any] = {}
+
+
+def open_tracker_early(cfg: dict) -> None:
+    """Start MLflow (its own process: import and schema take seconds) as soon as a sweeper knows the
+    tracking settings, before its own start-up work; the sweep it then starts uses it when its settings
+    are the same.  Nothing is raised here: a bad setting is reported when the sweep starts."""
+    try:
+        tcfg = tracking_config(cfg)
+        if tcfg.enabled and "tracking" not in _OPEN:
+            _OPEN["tracking"] = (tcfg, _tracker(cfg))
+    except Exception:  # start_sweep opens MLflow again and reports the error
+        log.debug("MLflow not opened early", exc_info=True)
+
+
+def _tracking(cfg: dict, experiment: str | None = None):
+    tcfg = tracking_config(cfg)
+    if experiment:
+        tcfg.experiment = experiment
+    return tcfg
+
+
+def _open_tracker(cfg: dict, experiment: str | None = None):
+    """The tracker this process opened for these settings, else a new one."""
+    open_cfg, tracker = _OPEN.get("tracking", (None, None))
+    if tracker is not None and open_cfg == _tracking(cfg, experiment):
+        return tracker
+    return _tracker(cfg, experiment)
+
+
+def _close_open_tracker() -> None:
+    _, tracker = _OPEN.pop("tracking", (None, None))
+    close = getattr(tracker, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass
@@ -118,24 +162,15 @@ def sweep_key(name: str, arguments: Sequence[str], extra: str = "") -> str:
 
 
 def _tracker(cfg: dict, experiment: str | None = None):
-    tcfg = tracking_config(cfg)
+    """A tracker for ``cfg``'s settings (None: tracking is off), in ``experiment`` if given.  It opens
+    MLflow in a process of its own and returns at once; its first call waits until MLflow is open
+    (:mod:`trtsweep.mlflow_process`)."""
+    tcfg = _tracking(cfg, experiment)
     if not tcfg.enabled:
         return None
-    if experiment:
-        tcfg.experiment = experiment
-    from trtsweep.tracking import Tracker
+    from trtsweep.mlflow_process import RemoteTracker
 
-    return Tracker(tcfg)
-
-
-def tracker_in_background(cfg: dict):
-    """Open MLflow (import + schema check/creation take seconds) while the worker imports TensorFlow."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    ex = ThreadPoolExecutor(1, thread_name_prefix="trtsweep-mlflow")
-    fut = ex.submit(_tracker, cfg)
-    ex.shutdown(wait=False)
-    return fut
+    return RemoteTracker(tcfg)
 
 
 def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int, batch_sizes: list[int],
@@ -145,9 +180,16 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     mask_logs()  # every log record (console, sweep.log): no URL's password (Hydra logs each job's overrides)
     tracker = None
     parent = None
+    # what the end of the sweep needs (its tables, the HTML report and its plots), while MLflow opens
+    tables = _import_in_background("trtsweep.report", "trtsweep.html_report")
     try:
-        tracker = tracker_future.result() if tracker_future is not None else _tracker(cfg)
-        if tracker is not None:
+        if tracker_future is not None:
+            tracker = tracker_future.result()
+        else:
+            tracker = _open_tracker(cfg)
+            if tracker is not _OPEN.get("tracking", (None, None))[1]:
+                _close_open_tracker()  # opened early for other settings
+        if tracker is not None:  # waits until MLflow is open: it never runs beside a measurement
             parent = tracker.parent_run(key, run_name, {"sweep_dir": str(sweep_dir.resolve()), **(tags or {})})
     except Exception as e:
         if tracking_config(cfg).required:  # trtsweep nightly: no history to compare with, no point measuring
@@ -159,6 +201,10 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
                   "`trtsweep sync`): %s", sweep_dir, one_line(e))
         log.debug("MLflow error", exc_info=True)
         tracker = None
+        _close_open_tracker()
+    if tracker is not None:
+        _OPEN["tracking"] = (_tracking(cfg, tracker.cfg.experiment), tracker)  # its jobs log into its experiment
+    tables.join()  # before the first trial: nothing runs beside a measurement
     os.environ[ENV_SWEEP_DIR] = str(sweep_dir.resolve())
     os.environ[ENV_TOTAL] = str(total)
     os.environ[ENV_BATCH_SIZES] = ",".join(map(str, batch_sizes))
@@ -177,6 +223,19 @@ def start_sweep(cfg: dict, sweep_dir: Path, key: str, run_name: str, total: int,
     log.info("sweep: %d trial(s), results in %s%s", total, sweep_dir,
              f", MLflow parent run {parent} at {mask_url(tracker.uri)}" if parent else "")
     return SweepContext(sweep_dir, parent, tracker, cfg=dict(cfg), varying=varying)
+
+
+def _import_in_background(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a thread (an error is left for the real import to raise)."""
+
+    def run() -> None:
+        for m in modules:
+            with suppress(Exception):
+                importlib.import_module(m)
+
+    thread = threading.Thread(target=run, name="trtsweep-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def confirm_winners(ctx: SweepContext, records: list[dict]) -> list:
@@ -231,6 +290,8 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
     verdicts = confirm_winners(ctx, records) if status == FINISHED else []
     df = report.apply_confirmation(report.table(records), verdicts)
     paths = report.write(df, ctx.sweep_dir) if not df.empty else []
+    # MLflow's part of the end runs in its process while this one writes the report (nothing is measured now)
+    logging_end = _log_sweep_end(ctx, df, records, verdicts) if ctx.tracker is not None and ctx.parent_run_id else []
     pages = write_html_report(ctx.sweep_dir) if status == FINISHED and not df.empty else []  # Ctrl-C: no wait
     if not df.empty:
         print("\n" + report.short_table(df) + "\n\n" + report.summary_text(df)
@@ -244,15 +305,12 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
             if not best.empty:
                 b = best.sort_values("throughput_ips").iloc[-1]
                 summary.update({"best_throughput_ips": float(b.throughput_ips), "best_trial_key": b.trial_key})
-            if verdicts:
+            for what, call in logging_end:
                 try:
-                    ctx.tracker.log_confirmation(ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
-                                                 ctx.sweep_dir / "best.yaml")
-                except Exception as e:  # noqa: BLE001 - best.yaml and results.csv hold it; still finish the parent
-                    log.error("could not log the confirmation to MLflow: %s", one_line(e))
-                _register_winners(ctx, verdicts, records)
-            if not df.empty:
-                _publish(ctx, df, records)
+                    call.result()
+                except Exception as e:  # best.yaml and results.csv hold it; still finish the parent
+                    log.error("could not %s: %s", what, one_line(e))
+                    log.debug("MLflow error", exc_info=True)
             ctx.tracker.finish_parent(ctx.parent_run_id, summary, paths[:1] + pages, status=status)
             from trtsweep.mlflow_view import ui_link
 
@@ -261,21 +319,55 @@ def finish_sweep(ctx: SweepContext, status: str = FINISHED) -> Any:
             log.error("could not finish the MLflow parent run: %s", one_line(e))
     sync.after_sweep(ctx.sweep_dir, status)  # "MLflow unreachable for N trial(s); run `trtsweep sync`..."
     runner.stop_pool()
+    _close_open_tracker()  # every call was answered: MLflow's process exits
     for var in (ENV_PARENT, ENV_TOTAL, ENV_BATCH_SIZES, ENV_SWEEP_DIR, ENV_OFFSET, ENV_EXPERIMENT,
                 "TRTSWEEP_VARYING"):
         os.environ.pop(var, None)
     return df
 
 
-def _publish(ctx: SweepContext, df: Any, records: list[dict]) -> None:
-    """The sweep for the MLflow UI (trtsweep.mlflow_view): the parent's axes, description, best run."""
-    from trtsweep.mlflow_view import publish_sweep
+class _Done:
+    """A call made at once, its outcome kept for ``result()`` (a tracker that cannot run calls later)."""
 
-    try:
-        publish_sweep(ctx.tracker, ctx.parent_run_id, df, records, ctx.sweep_dir, ctx.varying)
-    except Exception as e:  # a view of the sweep; results.csv holds it
-        log.error("could not describe the sweep in MLflow: %s", one_line(e))
-        log.debug("MLflow view error", exc_info=True)
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.value, self.error = None, None
+        try:
+            self.value = function(*args)
+        except Exception as e:  # noqa: BLE001 - raised by result(), as a submitted call's would be
+            self.error = e
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _submit(tracker: Any, method: str, *args: Any) -> Any:
+    """``tracker.<method>(*args)``, running in MLflow's process while the caller goes on where the
+    tracker can (:meth:`trtsweep.mlflow_process.RemoteTracker.submit`), else now; ``.result()``."""
+    if hasattr(tracker, "submit"):
+        sent = _Done(tracker.submit, method, *args)  # fails if MLflow's process is gone
+        return sent.value if sent.error is None else sent
+    return _Done(lambda: getattr(tracker, method)(*args))
+
+
+def _log_sweep_end(ctx: SweepContext, df: Any, records: list[dict], verdicts: list) -> list[tuple[str, Any]]:
+    """Send MLflow the end of the sweep (the confirmation, the winners registered, the sweep's view:
+    :func:`trtsweep.mlflow_view.publish_sweep`); each with what failed if it did, for ``finish_sweep``."""
+    calls = []
+    if verdicts:
+        calls.append(("log the confirmation to MLflow", _submit(
+            ctx.tracker, "log_confirmation", ctx.parent_run_id, verdicts, _child_runs(records, ctx.parent_run_id),
+            ctx.sweep_dir / "best.yaml")))
+        tcfg = tracking_config(ctx.cfg)
+        if tcfg.register_best and tcfg.log_models:  # their logged models exist with tracking.log_models
+            calls.append(("register the winners in MLflow", _submit(
+                ctx.tracker, "register_winners", verdicts, records, ctx.parent_run_id)))
+    if not df.empty:
+        calls.append(("describe the sweep in MLflow", _submit(
+            ctx.tracker, "apply", "trtsweep.mlflow_view:publish_sweep", ctx.parent_run_id, df, records,
+            ctx.sweep_dir, ctx.varying)))
+    return calls
 
 
 def write_html_report(sweep_dir: Path) -> list[Path]:
@@ -288,16 +380,6 @@ def write_html_report(sweep_dir: Path) -> list[Path]:
         log.error("could not write the HTML report: %s", one_line(e))
         log.debug("report error", exc_info=True)
         return []
-
-
-def _register_winners(ctx: SweepContext, verdicts: list, records: list[dict]) -> None:
-    """The confirmed winners in the Model Registry (``tracking.register_best``; their logged models exist
-    with ``tracking.log_models``): :func:`trtsweep.mlflow_registry.register_winners`, which never raises."""
-    tcfg = tracking_config(ctx.cfg)
-    if tcfg.register_best and tcfg.log_models:
-        from trtsweep.mlflow_registry import register_winners
-
-        register_winners(ctx.tracker.client, verdicts, records, ctx.parent_run_id)
 
 
 def _child_runs(records: list[dict], parent: str) -> dict[str, str]:

@@ -149,6 +149,20 @@ class Tracker:
                 self.client.log_artifact(run_id, str(f))
         self.client.set_terminated(run_id, status=status)
 
+    def apply(self, function: str, *args: Any, **kwargs: Any) -> Any:
+        """``function(self, *args, **kwargs)`` (``"module:name"``): work that uses this tracker's client,
+        run where the client is (a :class:`~trtsweep.mlflow_process.RemoteTracker`: in MLflow's process)."""
+        import importlib
+
+        module, name = function.split(":")
+        return getattr(importlib.import_module(module), name)(self, *args, **kwargs)
+
+    def register_winners(self, verdicts: list, records: list[dict], parent_id: str) -> None:
+        """The confirmed winners in the Model Registry (:func:`trtsweep.mlflow_registry.register_winners`)."""
+        from trtsweep.mlflow_registry import register_winners
+
+        register_winners(self.client, verdicts, records, parent_id)
+
     def tag(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 

@@ -14,6 +14,8 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +57,8 @@ def serve(conn, env: dict[str, str]) -> None:
         if kind == "step_verdict":  # a verdict that arrived after its trial ended
             continue
         try:
-            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "confirm_load": confirm_load,
-                       "confirm_run": confirm_run, "confirm_close": confirm_close,
+            handler = {"trial": run_trial, "resolve": resolve_model, "warm": warm, "prepare": prepare,
+                       "confirm_load": confirm_load, "confirm_run": confirm_run, "confirm_close": confirm_close,
                        "package_model": package_model}[kind]
             conn.send(("ok", handler(payload)))
         except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
@@ -69,10 +71,54 @@ def serve(conn, env: dict[str, str]) -> None:
 
 # ---------------------------------------------------------------------------
 def warm(_: Any = None) -> bool:
-    """Import TensorFlow ahead of the first request (sent when a sweep starts)."""
-    import tensorflow  # noqa: F401 - imported for its side effect: the next trial starts without the wait
-
+    """Import TensorFlow ahead of the first request (sent when a sweep starts).  What TensorFlow prints
+    meanwhile is shown when the import is done: a sweep that stops before (an invalid value) kills the
+    worker, and its one-line error is then all the user sees."""
+    with _stderr_held():
+        import tensorflow  # noqa: F401 - imported for its side effect: the next trial starts without the wait
     return True
+
+
+@contextmanager
+def _stderr_held() -> Iterator[None]:
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            os.write(2, held.read())
+
+
+def prepare(payload: dict) -> bool:
+    """Resolve a trial's model and load its data ahead of it (kept in memory for the trial)."""
+    from trtsweep.config import TrialSpec
+    from trtsweep.types import ModelInfo
+
+    spec = TrialSpec.from_dict(payload["spec"])
+    model = ModelInfo.from_dict(resolve_model({"model": spec.model.__dict__, "cache_dir": spec.cache_dir}))
+    _dataset(spec, model)
+    if payload.get("mlflow_model"):  # the trials package MLflow models: MLflow's import and package map now
+        _prepare_mlflow_models()
+    return True
+
+
+def _prepare_mlflow_models() -> None:
+    """Import MLflow's pyfunc and build its map of installed packages (it checks a model's requirements
+    against it when saving one: seconds, once per process), ahead of the first trial."""
+    import mlflow.pyfunc  # noqa: F401
+
+    with suppress(Exception):  # MLflow's own; without it the first model's save builds the map
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+        _init_modules_to_packages_map()
 
 
 def resolve_model(payload: dict):
@@ -203,7 +249,9 @@ def run_trial(payload: dict) -> dict:
     t_start = time.time()
     inject(payload.get("fault"))  # tests only (trtsweep.faults)
     model, ds, engine, artifact, conv = _converted(spec)
-    reference = _reference(spec, model, ds)
+    t0 = time.perf_counter()
+    reference = _reference(spec, model, ds)  # computed once (then from memory or the disk cache)
+    reference_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     loaded = engine.load(artifact, model, spec.precision, spec.batch_size)
     load_s = time.perf_counter() - t0
@@ -232,6 +280,7 @@ def run_trial(payload: dict) -> dict:
         **m.metrics(), **fidelity, **{k: float(v) for k, v in conv["metrics"].items()}, **run_metrics,
         "convert_time_s": float(conv["convert_time_s"]), "calibrate_time_s": float(conv["calibrate_time_s"]),
         "load_time_s": load_s, "measure_time_s": measure_s, "fidelity_time_s": fidelity_s,
+        "reference_time_s": reference_s,
         "conversion_reused": float(conv["conversion_cached"]), "model_size_mb": size_mb(artifact),
         "peak_rss_mb": peak_rss_mb,
         "eval_samples": float(ds.eval_count),

@@ -105,6 +105,30 @@ def test_sweep_hands_every_argument_to_hydra(args, monkeypatch):
     assert sys.argv == argv
 
 
+@pytest.mark.parametrize("args, started", [
+    (["-m", "engine=tf,tflite"], ["worker", "mlflow"]), (["+sweep=tune_cpu"], ["worker", "mlflow"]),
+    ([], ["worker", "mlflow"]), (["-cd", "/my/conf"], ["worker", "mlflow"]), (["tracking=none"], ["worker"]),
+    (["--cfg", "job"], []), (["--cfg=hydra"], []), (["-c", "job", "-m"], []), (["--help"], []),
+    (["--info", "defaults"], []), (["--hydra-help"], []), (["-sc", "install=bash"], []),
+])
+def test_the_worker_and_mlflow_start_before_hydra_unless_hydra_only_prints(args, started, monkeypatch):
+    """The worker imports TensorFlow and MLflow's process imports MLflow (seconds each) while Hydra
+    starts, composes and plans."""
+    import sys
+    from types import SimpleNamespace
+
+    import trtsweep.entry
+    from trtsweep import mlflow_process, runner
+
+    order = []
+    monkeypatch.setattr(runner, "pool", lambda: SimpleNamespace(prewarm=lambda: order.append("worker")))
+    monkeypatch.setattr(mlflow_process, "prestart", lambda: order.append("mlflow"))
+    monkeypatch.setattr(trtsweep.entry, "app", lambda: order.append("hydra"))
+    monkeypatch.setattr(sys, "argv", ["sweep.py", *args])
+    trtsweep.entry.main()
+    assert order == [*started, "hydra"]
+
+
 def test_sweep_runs_the_hydra_app_with_the_packaged_configs(capsys):
     from hydra.core.global_hydra import GlobalHydra
 

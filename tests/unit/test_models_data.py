@@ -49,6 +49,50 @@ def test_saved_model_signature_is_read_and_overridden(dynamic_saved_model, tmp_p
     assert other.inputs[0].shape == (None, 4)
 
 
+def test_a_signature_is_read_once_per_model_content_then_without_tensorflow(dynamic_saved_model, tmp_path,
+                                                                             monkeypatch):
+    cfg = ModelConfig(name="user", source="saved_model", path=str(dynamic_saved_model),
+                      input_shapes={"pixels": [-1, 32, 32, 3]})
+    assert models.resolve_cached(cfg, tmp_path) is None  # never read: the worker must load the model
+    first = models.resolve(cfg, tmp_path)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the SavedModel was loaded again")
+
+    monkeypatch.setattr(models, "read_signature", no_loading)
+    assert models.resolve(cfg, tmp_path) == first
+    assert models.resolve_cached(cfg, tmp_path) == first
+    # another override, another signature key, a model not built yet: not this signature
+    other_shape = ModelConfig(name="user", source="saved_model", path=str(dynamic_saved_model),
+                              input_shapes={"pixels": [-1, 64, 64, 3]})
+    assert models.resolve_cached(other_shape, tmp_path) is None
+    assert models.resolve_cached(ModelConfig(name="user", source="saved_model", path=str(dynamic_saved_model),
+                                             signature_key="other"), tmp_path) is None
+    assert models.resolve_cached(ModelConfig(name="digits_cnn", source="digits_cnn"), tmp_path / "empty") is None
+    assert models.resolve_cached(ModelConfig(name="user", source="saved_model", path=str(tmp_path / "nowhere")),
+                                 tmp_path) is None
+
+
+def test_a_saved_model_replaced_at_the_same_path_is_read_again(tmp_path):
+    import tensorflow as tf
+
+    def save(width: int) -> None:
+        class M(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32, name="x")])
+            def serve(self, x):
+                return {"y": x * 2.0}
+
+        m = M()
+        tf.saved_model.save(m, str(tmp_path / "model"), signatures={"serving_default": m.serve})
+
+    cfg = ModelConfig(name="user", source="saved_model", path=str(tmp_path / "model"))
+    save(4)
+    assert models.resolve(cfg, tmp_path / "cache").inputs[0].shape == (None, 4)
+    save(6)  # new content, same path: the cached signature is not this model's
+    assert models.resolve_cached(cfg, tmp_path / "cache") is None
+    assert models.resolve(cfg, tmp_path / "cache").inputs[0].shape == (None, 6)
+
+
 def test_unknown_dimension_without_override_fails_clearly(dynamic_saved_model, tmp_path):
     with pytest.raises(ModelError, match=r"input 'pixels' has unknown dimension.*fix: \+model.input_shapes.pixels="):
         models.resolve(ModelConfig(name="user", source="saved_model", path=str(dynamic_saved_model)), tmp_path)

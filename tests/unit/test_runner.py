@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
 from trtsweep import faults, runner
 from trtsweep.config import DataConfig, FidelityConfig, MeasureConfig, ModelConfig, TrialConfig, TrialSpec
 from trtsweep.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def spec(cache_dir, **trial) -> TrialSpec:
@@ -62,3 +70,64 @@ def test_skipped_spec_never_starts_a_worker(cache_dir):
     before = runner.pool().proc
     res = runner.execute(s)
     assert res.status == "skipped" and res.reason == "not here" and runner.pool().proc is before
+
+
+def test_a_model_the_caches_hold_is_resolved_without_a_worker(cache_dir, digits_model):
+    runner.stop_pool()
+    info = runner.resolve_model(spec(cache_dir))  # digits_model resolved it once: signature cached
+    assert info == digits_model.to_dict() and runner.pool().proc is None
+
+
+class _FakeProcess:
+    def is_alive(self) -> bool:
+        return True
+
+
+def test_prewarm_leaves_a_live_worker_alone():
+    sent = []
+    pool = runner.WorkerPool()
+    pool.proc, pool.conn, pool.env = _FakeProcess(), SimpleNamespace(send=sent.append), {}
+    pool.prewarm()  # e.g. the entry point warmed it, then the sweeper asks again
+    assert sent == [] and pool._pending == 0  # one warm-up answer pending at most, never two
+
+
+def test_the_worker_does_not_run_the_parents_main_script(tmp_path):
+    """A spawned child runs the parent's main script to find what is defined there; ``sweep.py`` would
+    import Hydra in the worker for nothing, so the script is hidden from it."""
+    marker = tmp_path / "imported"
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        "import os, sys\n"
+        "if __name__ != '__main__':\n"
+        f"    open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+        "else:\n"
+        "    from trtsweep import runner\n"
+        "    pool = runner.WorkerPool()\n"
+        "    assert pool.call('confirm_close', None, None, 120, 0) is True\n"
+        "    pool.stop()\n"
+        "    assert sys.modules['__main__'].__file__ == __file__\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_requests_sent_ahead_are_answered_first_and_their_answers_dropped(cache_dir, digits_model):
+    """The sweep has the worker load the first trial's data while it opens MLflow; a request sent ahead
+    that fails is dropped too (the trial it prepares meets the same error and reports it)."""
+    from trtsweep.config import DataConfig
+
+    runner.stop_pool()
+    pool = runner.pool()
+    pool.ensure({})
+    skipped, bad = spec(cache_dir), spec(cache_dir)
+    skipped.skip_reason = "not here"
+    bad.data = DataConfig(name="file", path="/no/such/data.npz")
+    runner.prepare([skipped])
+    assert pool._pending == 0  # nothing will run: nothing to prepare
+    runner.prepare([skipped, bad])
+    runner.prepare([spec(cache_dir)])
+    assert pool._pending == 2
+    assert pool.call("confirm_close", None, None, 120, 0) is True  # the two earlier answers were dropped
+    assert pool._pending == 0
+    runner.stop_pool()

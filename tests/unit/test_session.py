@@ -81,3 +81,76 @@ def test_a_finished_sweep_writes_its_report_and_logs_it_an_interrupted_one_does_
     assert not (tmp_path / "stopped" / "report.html").exists()
     assert "3.00×" in (tmp_path / "done" / "report.html").read_text()  # tflite vs tf fp32
     assert (tmp_path / "done" / "report.md").exists()
+
+
+def test_jobs_of_a_sweep_log_through_its_open_mlflow_client(tmp_path, monkeypatch):
+    """MLflow is opened once per sweep: a job in the sweep's process gets the sweep's client; a job with
+    other tracking settings (or after the sweep) opens its own."""
+    opened = []
+    monkeypatch.setattr(session, "_tracker", lambda cfg, experiment=None: opened.append(cfg) or FakeTracker())
+    monkeypatch.setattr(session, "confirm_winners", lambda ctx, records: [])
+    cfg = {"tracking": {"uri": "sqlite:///a.db", "experiment": "e"}}
+    with session.sweep_session(cfg, tmp_path / "s", "key", "name", 2, [1]) as ctx:
+        assert len(opened) == 1 and ctx.tracker is not None
+        assert session.joined_sweep(dict(cfg, batch_size=8)).tracker is ctx.tracker  # one job, then another
+        assert session.joined_sweep(cfg).tracker is ctx.tracker and len(opened) == 1
+        other = {"tracking": {"uri": "sqlite:///b.db", "experiment": "e"}}
+        assert session.joined_sweep(other).tracker is not ctx.tracker and len(opened) == 2
+        assert session.joined_sweep(cfg).tracker is ctx.tracker  # still the sweep's
+    os.environ[session.ENV_SWEEP_DIR], os.environ[session.ENV_PARENT] = str(tmp_path), "parent-1"
+    try:
+        assert session.joined_sweep(cfg).tracker is not ctx.tracker  # the sweep is closed: its client too
+    finally:
+        os.environ.pop(session.ENV_SWEEP_DIR), os.environ.pop(session.ENV_PARENT)
+
+
+def test_mlflow_opened_early_is_the_sweeps_when_its_settings_are_the_same(tmp_path, monkeypatch):
+    class Closable(FakeTracker):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    opened = []
+    monkeypatch.setattr(session, "_tracker", lambda cfg, experiment=None: opened.append(Closable()) or opened[-1])
+    monkeypatch.setattr(session, "confirm_winners", lambda ctx, records: [])
+    cfg = {"tracking": {"uri": "sqlite:///a.db", "experiment": "e"}}
+    session.open_tracker_early(cfg)  # a sweeper, before composing and planning
+    with session.sweep_session(cfg, tmp_path / "same", "key", "name", 1, [1]) as ctx:
+        assert ctx.tracker is opened[0] and len(opened) == 1
+    assert opened[0].closed  # at the end of the sweep
+    session.open_tracker_early(cfg)
+    with session.sweep_session({"tracking": {"uri": "sqlite:///b.db", "experiment": "e"}}, tmp_path / "other",
+                               "key", "name", 1, [1]) as ctx:
+        assert ctx.tracker is opened[2] and opened[1].closed  # the early one was for other settings
+    session.open_tracker_early({"tracking": {"enabled": False}})
+    session.open_tracker_early({"tracking": {"uri": 3.5, "no_such_key": 1}})  # reported when the sweep starts
+    assert len(opened) == 3
+
+
+def test_mlflow_logs_the_end_of_a_sweep_while_the_report_is_written_and_a_failure_there_is_one_line(
+        tmp_path, monkeypatch, caplog):
+    class Submitting(FakeTracker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[str] = []
+
+        def submit(self, method: str, *args):
+            self.sent.append(method)
+
+            def result():
+                raise RuntimeError("MLflow said no")
+
+            return SimpleNamespace(result=result)
+
+    tracker = Submitting()
+    sent_before_report = []
+    monkeypatch.setattr(session, "confirm_winners", lambda ctx, records: [])
+    monkeypatch.setattr(session, "write_html_report", lambda d: sent_before_report.extend(tracker.sent) or [])
+    _trial(tmp_path / "s", "k1", "tf", 100.0)
+    ctx = session.start_sweep({}, tmp_path / "s", "key", "name", 1, [1],
+                              tracker_future=SimpleNamespace(result=lambda: tracker))
+    session.finish_sweep(ctx)
+    assert sent_before_report == ["apply"]  # the sweep's MLflow view was on its way before the report began
+    assert "could not describe the sweep in MLflow: RuntimeError: MLflow said no" in caplog.text
+    assert tracker.finished == [session.FINISHED]  # the parent is still finished
