@@ -72,8 +72,16 @@ def _signature_file(cfg: ModelConfig, path: Path, fingerprint: str, cache_dir: P
     """Where the signature read from this SavedModel content is kept: keyed by the content itself
     (:func:`model_fingerprint`, whatever the source), the signature key and the input shape overrides."""
     content = fingerprint if cfg.source == "saved_model" else model_fingerprint(path)  # a user model's is it
-    key = digest([content, cfg.signature_key, cfg.input_shapes or {}])
+    key = digest([content, _files_stamp(path), cfg.signature_key, cfg.input_shapes or {}])
     return cache_dir / "models" / "signatures" / f"{key}.json"
+
+
+def _files_stamp(path: Path) -> list:
+    """The SavedModel's files and their sizes: a copy whose ``fingerprint.pb`` is intact but whose graph was
+    truncated or whose variables are missing is not the content the fingerprint names (it is loaded, and
+    fails at plan time, instead of planning from a signature kept for the intact one)."""
+    files = [path / "saved_model.pb", path / "saved_model.pbtxt", *sorted((path / "variables").glob("*"))]
+    return [[f.relative_to(path).as_posix(), f.stat().st_size] for f in files if f.is_file()]
 
 
 def _read_signature_file(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
