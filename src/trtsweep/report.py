@@ -38,7 +38,9 @@ def row(result: dict) -> dict:
     for k in ("host.cpu_model", "host.cpu_flags", "host.cores", "host.gpu"):
         if k in host:
             r[k] = host[k]
-    r["mlflow_run_id"] = next(iter((result.get("mlflow_run_ids") or {}).values()), "")
+    # the child run under the newest parent: a result from the cache was logged again under this sweep's
+    # parent, after the parents it was logged under before (the first one is an earlier sweep's run)
+    r["mlflow_run_id"] = next(reversed((result.get("mlflow_run_ids") or {}).values()), "")
     return r
 
 
