@@ -56,7 +56,8 @@ def test_six_point_space_measures_six_configurations_then_a_second_search_measur
     assert all(t.user_attrs.get("known_from") for t in second.trials)  # from the cache or the first study
     assert second.best_trial.params == study.best_trial.params
     assert measured_results(tmp_path / "cache") == before  # no trial measured again
-    assert "optuna final answer (confirmed by interleaved re-measurement)" in proc2.stdout, proc2.stdout[-2500:]
+    if len([k for k, (status, _) in before.items() if status == "ok"]) >= 2:  # else nothing to confirm against
+        assert "optuna final answer (confirmed by interleaved re-measurement)" in proc2.stdout, proc2.stdout[-2500:]
 
 
 @pytest.mark.slow
