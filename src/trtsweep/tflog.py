@@ -56,9 +56,10 @@ def filtering() -> bool:
 
 
 @contextlib.contextmanager
-def native_stderr_without(pattern: re.Pattern = CUDA_PROBING) -> Iterator[None]:
+def native_stderr_without(pattern: re.Pattern | None = CUDA_PROBING) -> Iterator[None]:
     """Run the block with file descriptor 2 sent to a temporary file; then write its lines back to stderr,
-    leaving out those matching ``pattern``.  On an exception every line is written back."""
+    leaving out those matching ``pattern`` (None: every line, only later).  On an exception every line is
+    written back."""
     sys.stderr.flush()
     saved = os.dup(2)
     keep_all = False
@@ -75,7 +76,8 @@ def native_stderr_without(pattern: re.Pattern = CUDA_PROBING) -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             text = tmp.read().decode("utf-8", "replace")
-            kept = [ln for ln in text.splitlines(keepends=True) if keep_all or not pattern.search(ln)]
+            kept = [ln for ln in text.splitlines(keepends=True)
+                    if keep_all or pattern is None or not pattern.search(ln)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
@@ -83,10 +85,11 @@ def native_stderr_without(pattern: re.Pattern = CUDA_PROBING) -> Iterator[None]:
 
 def import_tensorflow() -> None:
     """Import TensorFlow and initialise its platforms, without the CUDA probing lines where no GPU is in
-    use (:func:`filtering`)."""
+    use (:func:`filtering`).  What it prints is shown once the import is done: a sweep that stops before
+    (an invalid value) kills the worker, and its one-line error is then all the user sees."""
     if "tensorflow" in sys.modules:
         return
-    with native_stderr_without() if filtering() else contextlib.nullcontext():
+    with native_stderr_without(CUDA_PROBING if filtering() else None):
         import tensorflow as tf
 
         tf.config.list_physical_devices()

@@ -14,8 +14,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -71,30 +70,9 @@ def serve(conn, env: dict[str, str]) -> None:
 
 # ---------------------------------------------------------------------------
 def warm(_: Any = None) -> bool:
-    """Import TensorFlow ahead of the first request (sent when a sweep starts).  What TensorFlow prints
-    meanwhile is shown when the import is done: a sweep that stops before (an invalid value) kills the
-    worker, and its one-line error is then all the user sees."""
-    with _stderr_held():
-        import tensorflow  # noqa: F401 - imported for its side effect: the next trial starts without the wait
+    """The worker is ready: TensorFlow was imported when it started (:func:`serve`, through
+    :func:`trtsweep.tflog.import_tensorflow`), so the first trial starts without the wait."""
     return True
-
-
-@contextmanager
-def _stderr_held() -> Iterator[None]:
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            os.write(2, held.read())
 
 
 def prepare(payload: dict) -> bool:
