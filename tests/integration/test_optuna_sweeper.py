@@ -575,6 +575,20 @@ def own_postgres():
     shutil.rmtree(data, ignore_errors=True)
 
 
+def running_trials(proc: subprocess.Popen, storage: str, study: str, timeout: float = 400) -> list:
+    """The study's trials being measured, once there is one (empty if the sweep ended or ``timeout`` passed)."""
+    deadline = time.time() + timeout
+    running: list = []
+    while time.time() < deadline and proc.poll() is None and not running:
+        time.sleep(0.5)
+        try:
+            running = [t for t in load(storage, study).trials
+                       if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
+        except Exception:  # noqa: BLE001 - the study does not exist yet
+            running = []
+    return running
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.usefixtures("seeded_cache")
@@ -592,15 +606,7 @@ def test_study_survives_a_restart_of_its_postgres_database(tmp_path, own_postgre
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
-            deadline = time.time() + 400
-            running = []
-            while time.time() < deadline and proc.poll() is None and not running:
-                time.sleep(0.5)
-                try:
-                    running = [t for t in load(own_postgres.url, "restart").trials
-                               if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
-                except Exception:  # noqa: BLE001 - the study does not exist yet
-                    running = []
+            running = running_trials(proc, own_postgres.url, "restart")
             assert running, "no trial was measured:\n" + log_path.read_text()[-3000:]
             own_postgres.stop()  # mid-trial: its heartbeats, then its tell, meet a dead server
             time.sleep(8)
@@ -636,15 +642,7 @@ def test_a_long_database_outage_stops_the_worker_with_one_line_and_the_same_comm
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline = time.time() + 400
-        running = []
-        while time.time() < deadline and proc.poll() is None and not running:
-            time.sleep(0.5)
-            try:
-                running = [t for t in load(own_postgres.url, "outage").trials
-                           if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
-            except Exception:  # noqa: BLE001 - the study does not exist yet
-                running = []
+        running = running_trials(proc, own_postgres.url, "outage")
         assert running, "no trial was measured"
         own_postgres.stop()
         out, _ = proc.communicate(timeout=300)
